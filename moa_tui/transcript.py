@@ -1,15 +1,44 @@
-"""Conversation <-> versioned JSON on disk (atomic writes), and Markdown export.
+"""Conversations on disk: versioned JSON written atomically, a listing, and a Markdown export.
 
-(Interface skeleton: save/load/export are being written; keep these names and fields.)
+A transcript is the user's data, so: a save never leaves a half-written file (kill -9, full disk),
+a conversation id can never name a file outside the transcripts folder, and a damaged or foreign
+file is reported with its name and the problem instead of a traceback. Model text is untrusted,
+so the Markdown export fences it with fences longer than anything inside.
 """
 
 from __future__ import annotations
 
+import contextlib
+import html
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import platformdirs
 
 from .events import GenerationStats
 
+TRANSCRIPT_FORMAT = "moa-tui-transcript"
 TRANSCRIPT_VERSION = 1
+DATA_DIR_ENV = "MOA_DATA_DIR"
+TITLE_MAX = 60
+ID_MAX = 128
+STALE_TEMP_SECONDS = 3600  # a temp file this old was left by a killed writer, not one still writing
+
+_SAFE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{ID_MAX - 1}}}")
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+)
 
 
 @dataclass
@@ -55,3 +84,570 @@ class Conversation:
     def history(self) -> list[tuple[str, str]]:
         """(user message, final reply) pairs of earlier turns that produced a reply."""
         return [(t.user_message, t.reply) for t in self.turns if t.reply]
+
+
+@dataclass
+class ConversationSummary:
+    """One line of `moa transcripts`. A file that cannot be read still gets a line, with `error` set."""
+
+    path: Path
+    id: str
+    created_at: str
+    title: str  # the title, else the first user message, on one line
+    pipeline: str
+    turns: int
+    updated: float  # the file's mtime (seconds since the epoch): a resumed conversation moves up
+    error: str | None = None
+
+
+class TranscriptError(Exception):
+    """A transcript file that cannot be used; the message names the file and what is wrong."""
+
+    def __init__(self, problem: str, path: Path | None = None) -> None:
+        self.problem = problem
+        self.path = path
+        super().__init__(f"{path}: {problem}" if path is not None else f"invalid transcript: {problem}")
+
+
+# -- where transcripts live ----------------------------------------------------------------------
+
+
+def _transcripts_path() -> Path:
+    root = os.environ.get(DATA_DIR_ENV)
+    base = Path(root).expanduser() if root else Path(platformdirs.user_data_dir("moa-tui"))
+    return base / "transcripts"
+
+
+def transcripts_dir() -> Path:
+    """The transcripts folder (`$MOA_DATA_DIR/transcripts` when set), created on first use."""
+    path = _transcripts_path()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_safe_id(conv_id: str) -> bool:
+    """Whether `conv_id` can be a file stem on every OS: no separators, no leading dot, no device names."""
+    if not isinstance(conv_id, str) or not _SAFE_ID.fullmatch(conv_id):
+        return False
+    return conv_id.split(".")[0].upper() not in _WINDOWS_DEVICES
+
+
+def validate_id(conv_id: str) -> str:
+    """Return `conv_id`, or raise ValueError: an id becomes a file name and must not escape its folder."""
+    if not is_safe_id(conv_id):
+        raise ValueError(
+            f"unsafe conversation id {conv_id!r}: use 1-{ID_MAX} of A-Z a-z 0-9 . _ -, not starting with '.'"
+        )
+    return conv_id
+
+
+def new_conversation(pipeline: str, config_path: str | None = None) -> Conversation:
+    """A fresh conversation whose id sorts by creation time, e.g. `2026-11-24T15-04-05Z-3f9a`."""
+    now = datetime.now(timezone.utc)
+    stamp = now.strftime("%Y-%m-%dT%H-%M-%SZ")
+    folder = _transcripts_path()
+    conv_id = f"{stamp}-{secrets.token_hex(2)}"
+    for _ in range(16):  # two conversations started in the same second must not share a file
+        if not (folder / f"{conv_id}.json").exists():
+            break
+        conv_id = f"{stamp}-{secrets.token_hex(2)}"
+    else:
+        conv_id = f"{stamp}-{secrets.token_hex(8)}"
+    return Conversation(id=conv_id, created_at=now.isoformat(timespec="seconds"), pipeline=pipeline,
+                        config_path=config_path)
+
+
+def one_line(text: str) -> str:
+    """Whitespace collapsed and control characters dropped: safe to print on a terminal line."""
+    collapsed = " ".join(text.split())
+    return "".join(ch for ch in collapsed if unicodedata.category(ch) != "Cc")
+
+
+def make_title(message: str, limit: int = TITLE_MAX) -> str:
+    """A one-line title of at most `limit` characters, cut at a word boundary when one is near."""
+    line = one_line(message)
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit * 2 // 3:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def _default_title(conv: Conversation) -> str:
+    first = next((t.user_message for t in conv.turns if t.user_message.strip()), "")
+    return make_title(first)
+
+
+# -- to JSON ---------------------------------------------------------------------------------------
+
+
+def conversation_to_dict(conv: Conversation) -> dict[str, Any]:
+    """The versioned JSON document of a conversation (what `save_conversation` writes)."""
+    return {
+        "format": TRANSCRIPT_FORMAT,
+        "version": TRANSCRIPT_VERSION,
+        "id": conv.id,
+        "created_at": conv.created_at,
+        "pipeline": conv.pipeline,
+        "config_path": conv.config_path,
+        "title": conv.title,
+        "turns": [_turn_to_dict(turn) for turn in conv.turns],
+    }
+
+
+def _turn_to_dict(turn: TurnRecord) -> dict[str, Any]:
+    return {
+        "user_message": turn.user_message,
+        "pipeline": turn.pipeline,
+        "started_at": turn.started_at,
+        "finished_at": turn.finished_at,
+        "status": turn.status,
+        "reply": turn.reply,
+        "error": turn.error,
+        "notices": list(turn.notices),
+        "layers": [[_answer_to_dict(answer) for answer in layer] for layer in turn.layers],
+    }
+
+
+def _answer_to_dict(answer: ModelAnswer) -> dict[str, Any]:
+    return {
+        "model_id": answer.model_id,
+        "role": answer.role,
+        "layer": answer.layer,
+        "index": answer.index,
+        "status": answer.status,
+        "text": answer.text,
+        "error": answer.error,
+        "settings": dict(answer.settings),
+        "stats": answer.stats.to_dict(),
+        "source": answer.source,
+        "model_file": answer.model_file,
+        "model_file_size": answer.model_file_size,
+    }
+
+
+# -- from JSON, checked -------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A problem in a transcript document, located by a path such as `turns[0].layers[1][0].stats`."""
+
+
+_REQUIRED: Any = object()
+_NONE = type(None)
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               dict: "an object", list: "a list", _NONE: "null"}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return next((name for kind, name in _KIND_NAMES.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def _is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # JSON true is not the integer 1
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return isinstance(value, kinds)
+
+
+def _checked(value: Any, kinds: tuple[type, ...], where: str) -> Any:
+    if not _is_kind(value, kinds):
+        expected = " or ".join(_KIND_NAMES[k] for k in kinds)
+        raise _Invalid(f"{where}: expected {expected}, got {_json_type(value)}")
+    if float in kinds and int not in kinds and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _get(data: dict, key: str, where: str, kinds: tuple[type, ...], default: Any = _REQUIRED) -> Any:
+    """data[key] checked against `kinds`; a missing key is an error unless a default is given."""
+    loc = f"{where}.{key}" if where else key
+    if key not in data:
+        if default is _REQUIRED:
+            raise _Invalid(f"{loc}: missing")
+        return default
+    return _checked(data[key], kinds, loc)
+
+
+def _check_header(data: Any) -> None:
+    if not isinstance(data, dict) or data.get("format") != TRANSCRIPT_FORMAT:
+        raise _Invalid(f'not a moa-tui transcript (no "format": "{TRANSCRIPT_FORMAT}" marker)')
+    version = _get(data, "version", "", (int,))
+    if version > TRANSCRIPT_VERSION:
+        raise _Invalid(f"was written by a newer moa-tui (version {version}); this moa-tui reads version "
+                       f"{TRANSCRIPT_VERSION} and older: upgrade moa-tui to open it")
+    if version < 1:
+        raise _Invalid(f"version: {version} is not a transcript version")
+
+
+def _read_conversation(data: Any) -> Conversation:
+    _check_header(data)
+    conv_id = _get(data, "id", "", (str,))
+    if not is_safe_id(conv_id):
+        raise _Invalid(f"id: {conv_id!r} is not a safe file name")
+    turns = _get(data, "turns", "", (list,))
+    return Conversation(
+        id=conv_id,
+        created_at=_get(data, "created_at", "", (str,)),
+        pipeline=_get(data, "pipeline", "", (str,)),
+        config_path=_get(data, "config_path", "", (str, _NONE), None),
+        title=_get(data, "title", "", (str,), ""),
+        turns=[_read_turn(_checked(t, (dict,), f"turns[{i}]"), f"turns[{i}]") for i, t in enumerate(turns)],
+    )
+
+
+def _read_turn(data: dict, where: str) -> TurnRecord:
+    layers = _get(data, "layers", where, (list,), [])
+    notices = _get(data, "notices", where, (list,), [])
+    return TurnRecord(
+        user_message=_get(data, "user_message", where, (str,)),
+        pipeline=_get(data, "pipeline", where, (str,)),
+        started_at=_get(data, "started_at", where, (str,)),
+        finished_at=_get(data, "finished_at", where, (str, _NONE), None),
+        status=_get(data, "status", where, (str,), "running"),
+        reply=_get(data, "reply", where, (str,), ""),
+        error=_get(data, "error", where, (str, _NONE), None),
+        layers=[_read_layer(_checked(layer, (list,), f"{where}.layers[{li}]"), f"{where}.layers[{li}]")
+                for li, layer in enumerate(layers)],
+        notices=[_checked(n, (str,), f"{where}.notices[{ni}]") for ni, n in enumerate(notices)],
+    )
+
+
+def _read_layer(items: list, where: str) -> list[ModelAnswer]:
+    return [_read_answer(_checked(item, (dict,), f"{where}[{i}]"), f"{where}[{i}]") for i, item in enumerate(items)]
+
+
+def _read_answer(data: dict, where: str) -> ModelAnswer:
+    return ModelAnswer(
+        model_id=_get(data, "model_id", where, (str,)),
+        role=_get(data, "role", where, (str,)),
+        layer=_get(data, "layer", where, (int,)),
+        index=_get(data, "index", where, (int,)),
+        status=_get(data, "status", where, (str,)),
+        text=_get(data, "text", where, (str,), ""),
+        error=_get(data, "error", where, (str, _NONE), None),
+        settings=_get(data, "settings", where, (dict,), {}),
+        stats=_read_stats(_get(data, "stats", where, (dict,), {}), f"{where}.stats"),
+        source=_get(data, "source", where, (str,), ""),
+        model_file=_get(data, "model_file", where, (str, _NONE), None),
+        model_file_size=_get(data, "model_file_size", where, (int, _NONE), None),
+    )
+
+
+def _stat_kinds(default: Any) -> tuple[type, ...]:
+    """A stat must have the kind of its default; a stat that defaults to None is an optional number."""
+    if default is None:
+        return (float, _NONE)
+    return (int,) if isinstance(default, int) else (float,) if isinstance(default, float) else (str,)
+
+
+def _read_stats(data: dict, where: str) -> GenerationStats:
+    known = GenerationStats().to_dict()
+    checked = {key: _get(data, key, where, _stat_kinds(default)) for key, default in known.items() if key in data}
+    return GenerationStats.from_dict(checked)
+
+
+def conversation_from_dict(data: Any) -> Conversation:
+    """The conversation in a transcript document; TranscriptError says which field is wrong."""
+    try:
+        return _read_conversation(data)
+    except _Invalid as exc:
+        raise TranscriptError(str(exc)) from None
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable; not every OS lets a folder be opened (Windows), so failures are ignored."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(target: Path, write: Callable[[IO[str]], None]) -> None:
+    """Write `target` via a temp file in its folder and os.replace: readers see the old file or the new one.
+
+    The temp file is named `.<name>.<random>.tmp`, so a process killed mid-write leaves at most a
+    hidden `.tmp` file that no listing picks up (and a later save removes), never a broken `<name>`.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+    _remove_stale_temps(target)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Delete temp files of `target` left by killed writers; fresh ones may belong to a live writer."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+
+
+def _folder(directory: Path | None) -> Path:
+    if directory is None:
+        return transcripts_dir()
+    folder = Path(directory).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_conversation(conv: Conversation, directory: Path | None = None) -> Path:
+    """Write `<id>.json` atomically (in the transcripts folder by default) and return its path.
+
+    Sets the title from the first user message when it is empty. ValueError for an unsafe id.
+    """
+    name = f"{validate_id(conv.id)}.json"
+    target = _folder(directory) / name
+    if not conv.title:
+        conv.title = _default_title(conv)
+    data = conversation_to_dict(conv)
+    # default=str: an odd settings value (a Path, a tuple subclass) must not cost the user the transcript
+    _atomic_write(target, lambda handle: json.dump(data, handle, ensure_ascii=False, indent=2, default=str))
+    return target
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TranscriptError("no such file", path) from None
+    except IsADirectoryError:
+        raise TranscriptError("is a folder, not a transcript file", path) from None
+    except UnicodeDecodeError as exc:
+        raise TranscriptError(f"not UTF-8 text (bad byte at offset {exc.start})", path) from None
+    except OSError as exc:
+        raise TranscriptError(f"cannot be read: {exc.strerror or exc}", path) from None
+    if not text.strip():
+        raise TranscriptError("the file is empty", path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TranscriptError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path) from None
+    except RecursionError:
+        raise TranscriptError("invalid JSON: nested too deeply", path) from None
+
+
+def load_conversation(path: Path) -> Conversation:
+    """Read a transcript; every problem (missing, not JSON, foreign, newer, bad field) is a TranscriptError."""
+    path = Path(path)
+    data = _read_json(path)
+    try:
+        return _read_conversation(data)
+    except _Invalid as exc:
+        raise TranscriptError(str(exc), path) from None
+
+
+def _summarize(path: Path) -> ConversationSummary:
+    try:
+        updated = path.stat().st_mtime
+    except OSError:
+        updated = 0.0
+    try:
+        conv = load_conversation(path)
+    except TranscriptError as exc:
+        return ConversationSummary(path=path, id=path.stem, created_at="", title="", pipeline="", turns=0,
+                                   updated=updated, error=exc.problem)
+    return ConversationSummary(path=path, id=conv.id, created_at=conv.created_at,
+                               title=one_line(conv.title) or _default_title(conv), pipeline=conv.pipeline,
+                               turns=len(conv.turns), updated=updated)
+
+
+def list_conversations(directory: Path | None = None) -> list[ConversationSummary]:
+    """Every `*.json` in the folder, most recently saved first; broken files are listed with `error` set."""
+    folder = _transcripts_path() if directory is None else Path(directory).expanduser()
+    if not folder.is_dir():
+        return []
+    summaries = [_summarize(path) for path in folder.glob("*.json") if path.is_file()]
+    summaries.sort(key=lambda s: (s.updated, s.id), reverse=True)
+    return summaries
+
+
+def resolve_transcript(arg: str) -> Path:
+    """A transcript named by a path, an id / file stem in the transcripts folder, or a unique id prefix.
+
+    FileNotFoundError when nothing matches, ValueError when the argument is empty, a folder, or an
+    ambiguous prefix. An id is only looked up inside the transcripts folder.
+    """
+    text = arg.strip()
+    if not text:
+        raise ValueError("no transcript given")
+    candidate = Path(text).expanduser()
+    if candidate.is_file():
+        return candidate
+    if candidate.is_dir():
+        raise ValueError(f"{candidate} is a folder, not a transcript file")
+    folder = _transcripts_path()
+    stem = text.removesuffix(".json")
+    if is_safe_id(stem) and folder.is_dir():
+        exact = folder / f"{stem}.json"
+        if exact.is_file():
+            return exact
+        matches = sorted(p for p in folder.glob(f"{stem}*.json") if p.is_file())
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(p.stem for p in matches[:5]) + (", ..." if len(matches) > 5 else "")
+            raise ValueError(f"'{text}' matches {len(matches)} transcripts ({shown}): give more of the id")
+    raise FileNotFoundError(f"no transcript '{text}': not a file, and no such id in {folder} (see 'moa transcripts')")
+
+
+# -- Markdown export ------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>&#|~])")  # inline syntax: emphasis, code, links, HTML, entities
+_MD_LINE_START = re.compile(r"([-+=]|\d+[.)])")  # would start a list item or a setext underline
+_ROLE_LABELS = {"proposer": "proposers", "aggregator": "aggregators", "final": "final model"}
+
+
+def _lines(text: str) -> str:
+    """Only \\n line endings: CommonMark also ends lines at a lone \\r, which would split a quoted line."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _longest_run(text: str, char: str) -> int:
+    return max((len(run) for run in re.findall(f"{re.escape(char)}+", text)), default=0)
+
+
+def md_fence(text: str, info: str = "") -> str:
+    """`text` as a fenced block whose backtick fence is longer than any backtick run inside it.
+
+    A closing fence must be at least as long as the opening one, so nothing in `text` (```,
+    </details>, HTML) can end the block early: the text is shown verbatim.
+    """
+    body = _lines(text)
+    fence = "`" * max(3, _longest_run(body, "`") + 1)
+    if not body.endswith("\n"):
+        body += "\n"
+    return f"{fence}{info}\n{body}{fence}"
+
+
+def md_escape(text: str) -> str:
+    """One line of text with Markdown syntax backslash-escaped: it renders literally, with no HTML."""
+    escaped = _MD_SPECIAL.sub(r"\\\1", one_line(text))
+    start = _MD_LINE_START.match(escaped)
+    if start:
+        mark = start.group(1)
+        escaped = f"{mark[:-1]}\\{mark[-1]}{escaped[len(mark):]}"
+    return escaped
+
+
+def md_code(text: str) -> str:
+    """One line as an inline code span whose backtick run is longer than any inside it."""
+    line = one_line(text)
+    if not line:
+        return "(none)"
+    ticks = "`" * (_longest_run(line, "`") + 1)
+    pad = " " if line.startswith("`") or line.endswith("`") else ""
+    return f"{ticks}{pad}{line}{pad}{ticks}"
+
+
+def _quote(block: str) -> str:
+    return "\n".join(f"> {line}" if line else ">" for line in block.split("\n"))
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _md_stats(stats: GenerationStats) -> list[str]:
+    rows = [
+        f"- **Tokens:** {stats.generated_tokens} generated, {stats.prompt_tokens} in the prompt "
+        f"({stats.prompt_tokens_evaluated} evaluated)",
+        f"- **Speed:** {stats.tokens_per_second:.1f} tokens/s",
+        f"- **Time to first token:** {_seconds(stats.time_to_first_token)}",
+        f"- **Time:** {_seconds(stats.wall_time)}" + (f" (+ {_seconds(stats.load_time)} loading)"
+                                                       if stats.load_time else ""),
+    ]
+    if stats.finish_reason:
+        rows.append(f"- **Finish reason:** {md_code(stats.finish_reason)}")
+    return rows
+
+
+def _md_answer(answer: ModelAnswer) -> str:
+    parts = [f"#### {md_code(answer.model_id)} ({md_escape(answer.role)}): {md_escape(answer.status)}", ""]
+    parts += _md_stats(answer.stats)
+    if answer.source:
+        parts.append(f"- **Source:** {md_code(answer.source)}")
+    if answer.error:
+        parts += ["", "**Error:**", "", md_fence(answer.error, "text")]
+    parts += ["", md_fence(answer.text, "markdown") if answer.text else "*(no text)*"]
+    return "\n".join(parts)
+
+
+def _layer_summary(number: int, layer: list[ModelAnswer]) -> str:
+    role = layer[0].role if layer else ""
+    counts = Counter(answer.status for answer in layer)
+    statuses = ", ".join(f"{n} {status}" for status, n in counts.items())
+    label = f"Layer {number}: {_ROLE_LABELS.get(role, role)}, {len(layer)} model(s)"
+    return html.escape(one_line(f"{label} ({statuses})" if statuses else label), quote=False)
+
+
+def _md_layer(number: int, layer: list[ModelAnswer]) -> str:
+    """A collapsible layer. The blank line after <summary> ends the HTML block, so Markdown resumes."""
+    answers = "\n\n".join(_md_answer(answer) for answer in layer) or "*(no models)*"
+    return f"<details>\n<summary>{_layer_summary(number, layer)}</summary>\n\n{answers}\n\n</details>"
+
+
+def _md_turn(number: int, turn: TurnRecord, include_layers: bool) -> str:
+    when = f"started {md_code(turn.started_at)}"
+    if turn.finished_at:
+        when += f", finished {md_code(turn.finished_at)}"
+    parts = [f"## Turn {number}", "", f"**Status:** {md_escape(turn.status)} · {when}", "",
+             "**You:**", "", _quote(md_fence(turn.user_message, "text")), "", "**Reply:**", "",
+             md_fence(turn.reply, "markdown") if turn.reply else "*(no reply)*"]
+    if turn.error:
+        parts += ["", "**Error:**", "", md_fence(turn.error, "text")]
+    if turn.notices:
+        parts += ["", "**Notices:**", ""] + [f"- {md_escape(notice)}" for notice in turn.notices]
+    if include_layers:
+        parts += [item for li, layer in enumerate(turn.layers) for item in ("", _md_layer(li + 1, layer))]
+    return "\n".join(parts)
+
+
+def _md_header(conv: Conversation) -> str:
+    title = one_line(conv.title) or _default_title(conv) or f"Conversation {conv.id}"
+    rows = [f"# {md_escape(title)}", "", f"- **Pipeline:** {md_code(conv.pipeline)}",
+            f"- **Date:** {md_code(conv.created_at)}", f"- **Turns:** {len(conv.turns)}",
+            f"- **Id:** {md_code(conv.id)}"]
+    if conv.config_path:
+        rows.append(f"- **Config:** {md_code(conv.config_path)}")
+    return "\n".join(rows)
+
+
+def export_markdown(conv: Conversation, include_layers: bool = True) -> str:
+    """The conversation as Markdown; all user and model text is fenced, so it cannot break the layout."""
+    sections = [_md_header(conv)] + [_md_turn(n, turn, include_layers) for n, turn in enumerate(conv.turns, 1)]
+    return "\n\n".join(sections) + "\n"
+
+
+def export_markdown_file(conv: Conversation, directory: Path | None = None, include_layers: bool = True) -> Path:
+    """Write `<id>.md` atomically, next to the JSON transcripts by default, and return its path."""
+    name = f"{validate_id(conv.id)}.md"
+    target = _folder(directory) / name
+    text = export_markdown(conv, include_layers)
+    _atomic_write(target, lambda handle: handle.write(text))
+    return target

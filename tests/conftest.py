@@ -84,9 +84,9 @@ def smol_config(write_config, smollm2_path):
              extra_proposer: str = ""):
         props = "".join(
             f"""
-                  - id: p{i}
-                    source: {{path: "{smollm2_path}"}}
-                    seed: {i}"""
+                      - id: p{i}
+                        source: {{path: "{smollm2_path}"}}
+                        seed: {i}"""
             for i in range(proposers)
         )
         return write_config(f"""

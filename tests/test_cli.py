@@ -61,8 +61,22 @@ def test_ask_json_prints_the_turn_record_and_resume_continues(smol_yaml):
     assert [t.user_message for t in conversation.turns] == ["Say one word.", "Say another word."]
 
 
-def test_ctrl_c_stops_cleanly_saves_partial_turn_and_exits_130(smol_config):
-    config = smol_config(max_tokens=2000)
+def test_ctrl_c_stops_cleanly_saves_partial_turn_and_exits_130(write_config, smollm2_path):
+    config = write_config(f"""
+        version: 1
+        default_pipeline: p
+        defaults: {{n_ctx: 4096, max_tokens: 1500, temperature: 0, n_gpu_layers: 0}}
+        pipelines:
+          p:
+            layers:
+              - models:
+                  - id: p0
+                    source: {{path: "{smollm2_path}"}}
+                    system_prompt: "You are a storyteller. You always write very long, detailed stories."
+              - models:
+                  - id: final
+                    source: {{path: "{smollm2_path}"}}
+    """)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moa_tui.cli", "ask", "Write a very long story.", "--config", str(config.path),
          "--show-layers"],
@@ -91,7 +105,7 @@ def test_config_errors_exit_2_with_one_clear_line(tmp_path):
         result = moa(*args)
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
-        assert result.stderr.startswith("error: models.yaml: line ")
+        assert result.stderr.startswith(f"error: {bad}: line ")
 
 
 def test_usage_errors_exit_2(smol_yaml):

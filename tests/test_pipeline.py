@@ -131,9 +131,9 @@ def test_model_file_loaded_once_and_second_turn_sees_first(smol_config):
 def test_parallel_layer_runs_models_at_once(smol_config, smollm2_path):
     """parallel: true starts every model of a layer before the first one finishes."""
     extra = f"""
-                  - id: p-other
-                    source: {{path: "{smollm2_path}"}}
-                    n_ctx: 1024"""
+                      - id: p-other
+                        source: {{path: "{smollm2_path}"}}
+                        n_ctx: 1024"""
     pipeline = MoAPipeline(smol_config(parallel=True, proposers=1, max_tokens=32, extra_proposer=extra))
     try:
         events = run(pipeline, new_conversation("smol"), "Count from one to ten.")
@@ -153,8 +153,8 @@ def test_failing_model_mid_layer_turn_goes_on(smol_config, tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
     extra = f"""
-                  - id: broken
-                    source: {{path: "{bad}"}}"""
+                      - id: broken
+                        source: {{path: "{bad}"}}"""
     pipeline = MoAPipeline(smol_config(proposers=1, extra_proposer=extra))
     try:
         events = run(pipeline, new_conversation("smol"), "Say hello.")

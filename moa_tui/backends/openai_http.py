@@ -1,0 +1,572 @@
+"""Run a model on an OpenAI-compatible chat server (llama-server, vLLM, Ollama, llama_cpp.server).
+
+Standard library only (`http.client`), so remote models add no dependency. The answer streams from
+`POST {endpoint}/chat/completions` with `stream: true` as server-sent events (`data: {...}` lines,
+then `data: [DONE]`).
+
+Cancellation: besides checking the token between chunks, a watcher thread shuts the socket down
+when the token fires, so a read blocked on a silent server (still evaluating the prompt, or queueing
+us behind another request) returns at once instead of after the read timeout. Closing the
+connection also tells the server to stop generating. Only connecting is not interruptible; it is
+bounded by the connect timeout (5 s).
+
+Errors are `RemoteModelError`s (a `ModelError`) that name the model id and the endpoint; one raised
+after tokens arrived carries them in `partial_text`, so the caller can keep the partial answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import math
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config import EndpointSource, ModelSettings, ModelSpec
+from ..events import GenerationStats
+from .base import CancelToken, ChatResult, Message, ModelError, TokenCallback
+
+log = logging.getLogger("moa_tui.remote")
+
+CONNECT_TIMEOUT = 5.0  # seconds to open the TCP (and TLS) connection
+READ_TIMEOUT = 120.0  # seconds the server may stay silent between two chunks
+TOKENIZE_TIMEOUT = 5.0  # seconds for a tokenize request; on failure counting falls back to the estimate
+TOKENIZE_RETRY_AFTER = 30.0  # seconds to use the estimate after the tokenize endpoint failed to answer
+CANCEL_POLL = 0.05  # how often the watcher looks at the cancel token
+
+# Token estimate when the server cannot tokenize: English text averages about 3.5 characters per
+# token with the small BPE vocabularies of the models this runs; chat templates add a few tokens
+# around each message (ChatML: "<|im_start|>role\n" ... "<|im_end|>\n") and open the reply.
+CHARS_PER_TOKEN = 3.5
+MESSAGE_OVERHEAD = 5
+REPLY_OVERHEAD = 3
+
+ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error response read for its message
+ERROR_TEXT_CHARS = 300  # characters of the server's message shown to the user
+MAX_LINE = 4 * 1024 * 1024  # longest SSE line accepted
+COUNT_CACHE_SIZE = 1024
+
+# Statuses meaning "this server has no such tokenize route / does not take this body".
+_UNSUPPORTED_STATUSES = {400, 404, 405, 422, 501}
+
+
+class RemoteModelError(ModelError):
+    """A remote model failed. `partial_text` holds what streamed before the failure, `stats` its cost."""
+
+    def __init__(self, message: str, partial_text: str = "", stats: GenerationStats | None = None) -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+        self.stats = stats if stats is not None else GenerationStats(finish_reason="error")
+
+
+class _Unsupported(Exception):
+    """The server does not offer this tokenize route."""
+
+
+class _Unreachable(Exception):
+    """The tokenize request got no usable answer this time (timeout, busy, connection trouble)."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where the server is: scheme, host, port, the path of the OpenAI base and of the server root."""
+
+    https: bool
+    host: str
+    port: int
+    base_path: str  # e.g. "/v1"
+    root_path: str  # the base without a trailing "/v1": llama-server and vLLM tokenize there
+
+    @classmethod
+    def parse(cls, endpoint: str) -> _Target:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {endpoint!r}")
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        base = parts.path.rstrip("/")
+        root = base[: -len("/v1")] if base.endswith("/v1") else base
+        return cls(https, parts.hostname, port, base, root)
+
+
+@dataclass
+class _Stream:
+    """What one streamed answer has produced so far."""
+
+    started: float
+    parts: list[str] = field(default_factory=list)
+    chunks: int = 0  # content chunks: the token count when the server sends no usage
+    first_token_at: float | None = None
+    finish_reason: str = ""
+    done: bool = False  # "[DONE]" seen
+    usage: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # llama-server's per-request timings
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class RemoteChatModel:
+    """A model served over an OpenAI-compatible HTTP API; implements the ChatModel protocol.
+
+    Holds no connection between calls (one per answer), so it is cheap to keep in the pool and
+    survives a server restart between turns.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        source: EndpointSource,
+        settings: ModelSettings,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
+        self.model_id = model_id
+        self.source = source
+        self.endpoint = source.endpoint.rstrip("/")
+        self.n_ctx = settings.n_ctx or 4096
+        self.notices: list[str] = []
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        try:
+            self._target = _Target.parse(source.endpoint)
+        except ValueError as exc:
+            raise ModelError(f"{model_id}: bad endpoint: {exc}") from exc
+        self._api_key = self._read_api_key()
+        self._tokenizer: str | None = None  # the tokenize route that worked, "none" when there is none
+        self._tokenizer_retry_at = 0.0
+        self._prompt_counts: dict[tuple[tuple[str, str], ...], int] = {}
+        self._content_counts: dict[str, int] = {}
+        self._closed = False
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _read_api_key(self) -> str | None:
+        name = self.source.api_key_env
+        if not name:
+            return None
+        key = os.environ.get(name, "").strip()
+        if not key:
+            raise RemoteModelError(
+                f"{self.model_id}: {self.endpoint}: the API key variable ${name} (api_key_env) is not set "
+                f"in the environment; export it, or remove api_key_env if the server needs no key"
+            )
+        return key
+
+    def _fail(self, problem: str, stream: _Stream | None = None) -> RemoteModelError:
+        if stream is None:
+            return RemoteModelError(f"{self.model_id}: {self.endpoint}: {problem}")
+        stats = self._stats(stream, "error")
+        return RemoteModelError(f"{self.model_id}: {self.endpoint}: {problem}", stream.text, stats)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": "moa-tui"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        t = self._target
+        if t.https:
+            return http.client.HTTPSConnection(t.host, t.port, timeout=timeout, context=ssl.create_default_context())
+        return http.client.HTTPConnection(t.host, t.port, timeout=timeout)
+
+    def _connect(self) -> http.client.HTTPConnection:
+        """An open connection whose reads time out after read_timeout; ModelError saying why not."""
+        conn = self._connection(self.connect_timeout)
+        try:
+            conn.connect()
+        except ConnectionRefusedError as exc:
+            raise self._fail("connection refused: is the server running, and on this host and port?") from exc
+        except socket.gaierror as exc:
+            raise self._fail(f"cannot resolve host {self._target.host!r} ({exc.strerror or exc})") from exc
+        except TimeoutError as exc:
+            raise self._fail(
+                f"no answer within {self.connect_timeout:g} s (connect timeout): is the host reachable "
+                f"and the port open?"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise self._fail(f"TLS handshake failed: {exc}") from exc
+        except OSError as exc:
+            raise self._fail(f"cannot connect: {exc.strerror or exc}") from exc
+        assert conn.sock is not None
+        conn.sock.settimeout(self.read_timeout)
+        return conn
+
+    # -- token counting ---------------------------------------------------------------------------
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Tokens of the prompt, from the server's tokenizer where it has one, else estimated.
+
+        Routes tried once, the first that works is kept: llama-server (`/apply-template` then
+        `/tokenize`: exact), llama_cpp.server (`/extras/tokenize/count` per message, plus a fixed
+        per-message overhead for the template), vLLM (`/tokenize` with messages: exact). Otherwise
+        (Ollama, hosted APIs): characters / 3.5 plus the same overhead.
+        """
+        key = tuple((m.role, m.content) for m in messages)
+        known = self._prompt_counts.get(key)
+        if known is not None:
+            return known
+        count = self._count_remote(messages)
+        if count is None:
+            return estimate_tokens(messages)
+        if len(self._prompt_counts) >= COUNT_CACHE_SIZE:
+            self._prompt_counts.clear()
+        self._prompt_counts[key] = count
+        return count
+
+    def _count_remote(self, messages: list[Message]) -> int | None:
+        if self._tokenizer == "none" or time.monotonic() < self._tokenizer_retry_at:
+            return None
+        routes = [self._tokenizer] if self._tokenizer else ["llama-server", "llama_cpp.server", "vllm"]
+        for route in routes:
+            try:
+                count = self._count_with(route, messages)
+            except _Unsupported:
+                continue
+            except _Unreachable as exc:
+                log.debug("%s: tokenize via %s failed (%s); estimating for a while", self.model_id, route, exc)
+                self._tokenizer_retry_at = time.monotonic() + TOKENIZE_RETRY_AFTER
+                return None
+            if self._tokenizer != route:
+                log.debug("%s: counting tokens with the %s tokenize route", self.model_id, route)
+            self._tokenizer = route
+            return count
+        log.debug("%s: %s offers no tokenize route; estimating token counts", self.model_id, self.endpoint)
+        self._tokenizer = "none"
+        return None
+
+    def _count_with(self, route: str, messages: list[Message]) -> int:
+        root = self._target.root_path
+        wire = [m.to_dict() for m in messages]
+        if route == "llama-server":
+            prompt = self._post_json(f"{root}/apply-template", {"messages": wire}).get("prompt")
+            if not isinstance(prompt, str):
+                raise _Unsupported
+            tokens = self._post_json(f"{root}/tokenize", {"content": prompt, "add_special": True}).get("tokens")
+            if not isinstance(tokens, list):
+                raise _Unsupported
+            return len(tokens)
+        if route == "llama_cpp.server":
+            total = REPLY_OVERHEAD
+            for message in messages:
+                total += self._content_count(f"{root}/extras/tokenize/count", message.content) + MESSAGE_OVERHEAD
+            return total
+        body = {"model": self.source.model, "messages": wire, "add_generation_prompt": True}
+        count = self._post_json(f"{root}/tokenize", body).get("count")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise _Unsupported
+        return count
+
+    def _content_count(self, path: str, content: str) -> int:
+        known = self._content_counts.get(content)
+        if known is None:
+            count = self._post_json(path, {"input": content, "model": self.source.model}).get("count")
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise _Unsupported
+            if len(self._content_counts) >= COUNT_CACHE_SIZE:
+                self._content_counts.clear()
+            self._content_counts[content] = known = count
+        return known
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a small JSON request with a short timeout; _Unsupported / _Unreachable when it fails."""
+        conn = self._connection(min(TOKENIZE_TIMEOUT, self.connect_timeout))
+        try:
+            conn.request("POST", path or "/", body=json.dumps(body).encode(), headers=self._headers())
+            response = conn.getresponse()
+            raw = response.read(ERROR_BODY_LIMIT if response.status != 200 else None)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.close()
+        if response.status in _UNSUPPORTED_STATUSES:
+            raise _Unsupported
+        if response.status != 200:
+            raise _Unreachable(f"HTTP {response.status}")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise _Unsupported from exc
+        if not isinstance(data, dict):
+            raise _Unsupported
+        return data
+
+    # -- chat -----------------------------------------------------------------------------------
+
+    def request_body(self, messages: list[Message], settings: ModelSettings) -> dict[str, Any]:
+        """The chat-completions request. top_k, min_p and repeat_penalty are llama.cpp extensions."""
+        body: dict[str, Any] = {
+            "model": self.source.model,
+            "messages": [m.to_dict() for m in messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for name in ("max_tokens", "temperature", "top_p", "seed", "top_k", "min_p", "repeat_penalty"):
+            value = getattr(settings, name)
+            if value is not None:
+                body[name] = value
+        if settings.stop:
+            body["stop"] = list(settings.stop)
+        return body
+
+    def chat(
+        self,
+        messages: list[Message],
+        settings: ModelSettings,
+        cancel: CancelToken,
+        on_token: TokenCallback,
+    ) -> ChatResult:
+        if self._closed:
+            raise self._fail("the model was already released")
+        stream = _Stream(started=time.perf_counter())
+        if cancel.cancelled:
+            return ChatResult("", self._stats(stream, "cancelled"), cancelled=True)
+        payload = json.dumps(self.request_body(messages, settings)).encode()
+        headers = {**self._headers(), "Accept": "text/event-stream"}
+        conn = self._connect()
+        try:
+            assert conn.sock is not None
+            with _shutdown_on_cancel(conn.sock, cancel):
+                try:
+                    conn.request("POST", f"{self._target.base_path}/chat/completions", body=payload, headers=headers)
+                    response = conn.getresponse()
+                    if response.status != 200:
+                        raise self._http_error(response)
+                    self._read_answer(response, stream, cancel, on_token)
+                except TimeoutError as exc:
+                    if not cancel.cancelled:
+                        raise self._fail(
+                            f"the server sent nothing for {self.read_timeout:g} s (read timeout); it may be "
+                            f"overloaded or stuck", stream
+                        ) from exc
+                except (OSError, http.client.HTTPException) as exc:
+                    if not cancel.cancelled:
+                        raise self._cut(stream, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.close()
+        if cancel.cancelled:
+            return ChatResult(stream.text, self._stats(stream, "cancelled"), cancelled=True)
+        if not stream.finish_reason:
+            if stream.done:
+                raise self._fail(
+                    "the stream ended ([DONE]) without a finish reason: the server stopped this answer early "
+                    "(llama_cpp.server does so when another request arrives, unless started with "
+                    "--interrupt_requests False)", stream
+                )
+            raise self._cut(stream, "connection closed")
+        prompt_tokens = self._usage_int("prompt_tokens", stream)
+        if prompt_tokens is None:  # no request now: the server may be busy with another model's answer
+            key = tuple((m.role, m.content) for m in messages)
+            prompt_tokens = self._prompt_counts.get(key) or estimate_tokens(messages)
+        return ChatResult(stream.text, self._stats(stream, stream.finish_reason, prompt_tokens))
+
+    def _cut(self, stream: _Stream, why: str) -> RemoteModelError:
+        got = f"after {stream.chunks} chunks" if stream.chunks else "before any token"
+        return self._fail(
+            f"the stream was cut {got} ({why}): the server closed the connection before the answer was "
+            f"complete; it may have crashed or been stopped", stream
+        )
+
+    def _http_error(self, response: http.client.HTTPResponse) -> RemoteModelError:
+        detail = error_detail(response.read(ERROR_BODY_LIMIT))
+        said = f"; the server said: {detail}" if detail else ""
+        status = f"HTTP {response.status} {response.reason}".rstrip()
+        url = f"{self.endpoint}/chat/completions"
+        if response.status in (401, 403):
+            env = self.source.api_key_env
+            fix = (
+                f"check the API key in ${env}" if env else
+                "the server wants an API key: set api_key_env in this model's source to the name of an "
+                "environment variable holding it"
+            )
+            return self._fail(f"{status}: the API key was refused; {fix}{said}")
+        if response.status == 404:
+            return self._fail(
+                f"{status} for {url}: wrong model name ({self.source.model!r}) or wrong path (the endpoint "
+                f"is the server's OpenAI base URL, usually ending in /v1){said}"
+            )
+        return self._fail(f"{status} from {url}{said}")
+
+    def _read_answer(
+        self, response: http.client.HTTPResponse, stream: _Stream, cancel: CancelToken, on_token: TokenCallback
+    ) -> None:
+        content_type = (response.getheader("Content-Type") or "").lower()
+        if content_type.startswith("application/json"):  # the server ignored "stream": one JSON answer
+            self._on_data(response.read().decode("utf-8", errors="replace"), stream, on_token, whole=True)
+            stream.done = True
+            stream.finish_reason = stream.finish_reason or "stop"
+            return
+        pending: list[str] = []  # data lines of an event split over several lines
+        while not cancel.cancelled:
+            raw = response.readline(MAX_LINE)
+            if not raw:
+                break
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if not line:
+                if pending:
+                    self._on_data("\n".join(pending), stream, on_token)
+                    pending.clear()
+                if stream.done:
+                    return
+                continue
+            if line.startswith(":"):  # comment: keep-alive pings
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                # Most servers send one JSON object per line: handle it now rather than at the blank
+                # line, so a server that omits blank lines still streams.
+                if not pending and _complete(value):
+                    self._on_data(value, stream, on_token)
+                    if stream.done:
+                        return
+                else:
+                    pending.append(value)
+            elif name == "error":  # llama-server reports a failure inside the stream this way
+                raise self._fail(f"the server reported an error: {error_detail(value.encode())}", stream)
+            elif name not in ("event", "id", "retry"):
+                raise self._fail(f"malformed server-sent events: unexpected line {_shorten(line)!r}", stream)
+        if pending and not cancel.cancelled:
+            self._on_data("\n".join(pending), stream, on_token)
+
+    def _on_data(self, data: str, stream: _Stream, on_token: TokenCallback, whole: bool = False) -> None:
+        if data.strip() == "[DONE]":
+            stream.done = True
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise self._fail(f"malformed server-sent events: data is not JSON: {_shorten(data)!r}", stream) from None
+        if not isinstance(event, dict):
+            raise self._fail(f"malformed server-sent events: expected a JSON object, got {_shorten(data)!r}", stream)
+        if event.get("error"):
+            raise self._fail(f"the server reported an error: {error_detail(data.encode())}", stream)
+        if isinstance(event.get("usage"), dict):
+            stream.usage = event["usage"]
+        if isinstance(event.get("timings"), dict):
+            stream.timings = event["timings"]
+        choices = event.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return  # e.g. the usage chunk, whose choices are empty
+        choice = choices[0]
+        delta = choice.get("message" if whole else "delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str) and content:
+            if stream.first_token_at is None:
+                stream.first_token_at = time.perf_counter()
+            stream.chunks += 1
+            stream.parts.append(content)
+            on_token(content)
+        if choice.get("finish_reason"):
+            stream.finish_reason = str(choice["finish_reason"])
+
+    # -- stats ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _usage_int(key: str, stream: _Stream) -> int | None:
+        value = stream.usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _stats(self, stream: _Stream, finish: str, prompt_tokens: int | None = None) -> GenerationStats:
+        wall = time.perf_counter() - stream.started
+        generated = self._usage_int("completion_tokens", stream)
+        if generated is None:
+            generated = stream.chunks
+        prompt = prompt_tokens or 0
+        evaluated = prompt
+        cached = (stream.usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if isinstance(cached, int) and 0 <= cached <= prompt:
+            evaluated = prompt - cached
+        elif isinstance(stream.timings.get("prompt_n"), int):
+            evaluated = min(prompt, stream.timings["prompt_n"]) if prompt else stream.timings["prompt_n"]
+        ttft = None if stream.first_token_at is None else stream.first_token_at - stream.started
+        decode_time = wall - ttft if ttft is not None else 0.0
+        return GenerationStats(
+            prompt_tokens=prompt,
+            prompt_tokens_evaluated=evaluated,
+            generated_tokens=generated,
+            time_to_first_token=ttft,
+            wall_time=wall,
+            tokens_per_second=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0,
+            finish_reason=finish,
+        )
+
+    def close(self) -> None:
+        """Nothing is held between calls; later calls fail clearly."""
+        self._closed = True
+
+
+@contextlib.contextmanager
+def _shutdown_on_cancel(sock: socket.socket, cancel: CancelToken) -> Iterator[None]:
+    """While inside, cancelling shuts `sock` down, so a blocked read in this thread returns at once."""
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            if cancel.wait(CANCEL_POLL):
+                if not finished.is_set():
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                return
+
+    threading.Thread(target=watch, name="moa-remote-cancel", daemon=True).start()
+    try:
+        yield
+    finally:
+        finished.set()
+
+
+def _complete(value: str) -> bool:
+    """Whether one data line is a whole event by itself (the usual case)."""
+    if value.strip() == "[DONE]":
+        return True
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _shorten(text: str, limit: int = ERROR_TEXT_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_detail(raw: bytes) -> str:
+    """The message inside an error body ({"error": {"message"}}, {"detail"}, {"message"} or text), shortened."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        found = data.get("error") or data.get("detail") or data.get("message")
+        if isinstance(found, dict):
+            found = found.get("message") or found
+        if found:
+            text = found if isinstance(found, str) else json.dumps(found)
+    return _shorten(text)
+
+
+def estimate_tokens(messages: list[Message]) -> int:
+    """Prompt tokens when the server cannot count them: characters / 3.5 plus template overhead."""
+    return REPLY_OVERHEAD + sum(math.ceil(len(m.content) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD for m in messages)
+
+
+def open_remote(spec: ModelSpec, **timeouts: float) -> RemoteChatModel:
+    """The pool's loader for `{endpoint: ..., model: ...}` sources (timeouts: connect_timeout, read_timeout)."""
+    if not isinstance(spec.source, EndpointSource):
+        raise ModelError(f"{spec.id}: {spec.source.describe()} is not a remote endpoint source")
+    return RemoteChatModel(spec.id, spec.source, spec.settings, **timeouts)

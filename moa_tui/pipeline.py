@@ -11,12 +11,13 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .backends.base import CancelToken, ModelError
 from .backends.pool import LocalModelPool, ModelProvider
-from .config import Config, ModelSpec, Pipeline
+from .config import Config, EndpointSource, ModelSpec, Pipeline
 from .events import (
     Event,
     GenerationStats,
@@ -35,7 +36,16 @@ from .events import (
 from .prompts import PromptParts, fit_to_context
 from .transcript import Conversation, ModelAnswer, TurnRecord, save_conversation
 
-_DONE = object()  # end-of-model marker in the event queue
+
+@dataclass(frozen=True)
+class _Done:
+    """End-of-model marker in the event queue."""
+
+    kind: str  # "local" | "remote"
+
+
+def _kind(spec: ModelSpec) -> str:
+    return "remote" if isinstance(spec.source, EndpointSource) else "local"
 
 
 def _now() -> str:
@@ -148,9 +158,10 @@ class MoAPipeline:
 
     def _run_layer(self, li, specs, layer_refs, history, user_message, references, cancel, events,
                    workers, outcomes) -> Iterator[Event]:
-        parallel = self.pipeline.parallel and len(specs) > 1
+        """Run one layer's models; local ones one at a time unless `parallel`, remote ones always at once."""
+        parallel = self.pipeline.parallel
         pending = list(zip(layer_refs, specs, strict=True))
-        running = 0
+        running = {"local": 0, "remote": 0}
 
         def start(ref: ModelRef, spec: ModelSpec) -> None:
             role_prompt = self._system_prompt(ref.role, spec, bool(references))
@@ -161,22 +172,26 @@ class MoAPipeline:
             )
             workers.append(worker)
             worker.start()
+            running[_kind(spec)] += 1
 
-        while pending or running:
-            while pending and (parallel or running == 0):
-                if cancel.cancelled:
-                    for ref, spec in pending:
-                        outcomes.append(self._answer(ref, spec, "cancelled"))
-                        yield ModelFinished(ref, "", GenerationStats(finish_reason="cancelled"), "cancelled")
-                    pending = []
-                    break
-                start(*pending.pop(0))
-                running += 1
-            if not running:
-                break
+        def may_start(spec: ModelSpec) -> bool:
+            return parallel or _kind(spec) == "remote" or running["local"] == 0
+
+        while pending or any(running.values()):
+            if cancel.cancelled and pending:
+                for ref, spec in pending:
+                    outcomes.append(self._answer(ref, spec, "cancelled"))
+                    yield ModelFinished(ref, "", GenerationStats(finish_reason="cancelled"), "cancelled")
+                pending = []
+            for item in [p for p in pending if may_start(p[1])]:
+                if may_start(item[1]):
+                    pending.remove(item)
+                    start(*item)
+            if not any(running.values()):
+                continue
             item = events.get()
-            if item is _DONE:
-                running -= 1
+            if isinstance(item, _Done):
+                running[item.kind] -= 1
                 continue
             yield item
 
@@ -210,7 +225,7 @@ class MoAPipeline:
             info = self.provider.file_info(spec)
             answer.model_file, answer.model_file_size = info.path, info.size
             outcomes.append(answer)
-            emit(_DONE)
+            emit(_Done(_kind(spec)))
 
     @staticmethod
     def _fail(answer: ModelAnswer, error: str, text_parts: list[str], ref: ModelRef, emit) -> None:

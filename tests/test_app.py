@@ -150,7 +150,7 @@ async def test_pane_states_through_a_turn(config):
 
         view = panes(app)
         assert {k: p.state for k, p in view.items()} == {"a": "done", "b": "done", "agg": "done", "final": "done"}
-        assert view["a"].text == "Alpha **answer** here." and view["a"].markdown.source == view["a"].text
+        assert view["a"].text == "Alpha **answer** here." and view["a"].view.source == view["a"].text
         assert view["final"].has_class("-final") and not view["a"].has_class("-final")
         assert view["a"].border_title.endswith("a · proposer") and "final · final" in view["final"].border_title
         status = view["a"].status_text()
@@ -173,10 +173,10 @@ async def test_tokens_are_batched_per_frame(config):
     async with app.run_test(size=(120, 40)) as pilot:
         original = ModelPane.write
 
-        async def counting(self, text, count):
+        def counting(self, text, count):
             if self.ref.model_id == "a":
                 writes.append(count)
-            await original(self, text, count)
+            original(self, text, count)
 
         ModelPane.write = counting
         try:
@@ -269,7 +269,7 @@ async def test_model_output_is_shown_literally(config):
         assert "\x1b" not in text and "\x07" not in text
         assert "[b]user markup[/b] too" in text  # the history and the header show the message as typed
         for pane in panes(app).values():
-            assert "\x1b" not in pane.markdown.source
+            assert "\x1b" not in pane.view.source
         assert panes(app)["a"].text == evil  # the transcript keeps the exact text
         assert app.conversation.turns[0].reply == evil
 
@@ -278,6 +278,38 @@ def test_literal_makes_controls_visible_per_character():
     assert literal("a\x1b[1mb\tc\nd\r\n") == "a␛[1mb\tc\nd\n"
     text = "x\x1by\x00z\u202eq"
     assert "".join(literal(ch) for ch in text) == literal(text) == "x␛y␀z<U+202E>q"
+
+
+async def test_markdown_view_streamed_in_pieces_renders_like_the_whole_text():
+    """Only the last block is re-rendered while text streams in: the result must not differ."""
+    from textual.app import App
+
+    from moa_tui.app.widgets.stream_view import MarkdownView
+
+    text = ("# Title\n\nA paragraph with **bold**, `code` and a [link](http://x.org).\n\n- one\n- two\n\n"
+            "```python\nx = 1\n\ny = 2\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n> quoted\n\nThe end.")
+
+    class Host(App):
+        def compose(self):
+            yield MarkdownView(follow=True, id="streamed")
+            yield MarkdownView(id="whole")
+
+    app = Host()
+    async with app.run_test(size=(60, 80)) as pilot:
+        streamed, whole = app.query_one("#streamed", MarkdownView), app.query_one("#whole", MarkdownView)
+        for view in (streamed, whole):
+            view.styles.height = 38
+        await pilot.pause()
+        for i in range(0, len(text), 3):
+            streamed.append(text[i:i + 3])
+        whole.update(text)
+        assert streamed.source == whole.source == text
+        assert streamed.rendered_text() == whole.rendered_text()
+        assert "Title" in whole.rendered_text() and "x = 1" in whole.rendered_text()
+        assert "1" in whole.rendered_text() and "quoted" in whole.rendered_text()
+        streamed.styles.width = 30  # a new width re-renders every block
+        await wait_until(lambda: streamed.rendered_text().count("\n") > whole.rendered_text().count("\n"),
+                         what="the re-render at the new width")
 
 
 # -- the message box ----------------------------------------------------------------------------
@@ -356,7 +388,7 @@ async def test_history_keeps_every_turn_and_reopens_all_layers(config):
         past = panes(app)
         assert set(past) == {"a", "b", "agg", "final"}
         assert past["a"].text.startswith("A says first question") and past["a"].state == "done"
-        assert "Final for: first question" in past["final"].markdown.source
+        assert "Final for: first question" in past["final"].view.source
         assert past["a"].status_text().startswith("done")
         assert "first question" in screen_text(app)
         await pilot.press("escape")
@@ -373,7 +405,7 @@ async def test_ctrl_s_exports_markdown_and_says_where(config):
         await pilot.press("ctrl+s")
         path = transcripts_dir() / f"{app.conversation.id}.md"
         await wait_until(path.exists, what="the Markdown file")
-        assert "export me" in path.read_text(encoding="utf-8")
+        assert "export me" in path.read_text(encoding="utf-8") and app.last_export == str(path)
         await wait_until(lambda: any(str(path) in n for n in notifications(app)), what="a notification")
 
 
@@ -463,7 +495,7 @@ async def test_f1_help_lists_keys_and_layers(config):
                       "Pipeline three", "Layer 1 · proposers", "Proposers: each model answers",
                       "Aggregators: each reads"):
             assert words in text, words
-        pipeline_help = app.screen.query_one("#help-pipeline Markdown").source
+        pipeline_help = app.screen.query_one(".help-pipeline").source
         assert "### Layer 3" in pipeline_help and "Final: reads your message" in pipeline_help
         await pilot.press("escape")
         await wait_until(lambda: not isinstance(app.screen, HelpScreen), what="help to close")
@@ -605,8 +637,11 @@ async def test_offline_with_missing_models_says_which_and_how(config):
         await pilot.pause()
         text = screen_text(app)
         assert "b (path:" in text and "moa pull --pipeline three" in text and "offline" in text
-        await pilot.press("escape")
-        await wait_until(lambda: not isinstance(app.screen, MissingModelsScreen), what="it to close")
+        await pilot.press("ctrl+l")  # another pipeline can be picked from there
+        await wait_until(lambda: isinstance(app.screen, PipelineScreen), what="the pipeline dialog")
+        await pilot.press("down", "enter")
+        await wait_until(lambda: app.pipeline_name == "solo", what="the switch")
+        assert not isinstance(app.screen, MissingModelsScreen)
 
 
 async def test_ctrl_q_cancels_the_turn_waits_and_releases_the_models(config):
@@ -656,7 +691,7 @@ async def test_real_tiny_pipeline_end_to_end(data_dir, smollm2_path):
         assert set(view) == {"smollm2", "gemma3", "smollm2-agg", "final"}
         for model_id, pane in view.items():
             assert pane.state == "done", (model_id, pane.state, pane.error)
-            assert pane.text.strip() and pane.markdown.source.strip(), model_id
+            assert pane.text.strip() and pane.view.source.strip(), model_id
             assert pane.tokens > 0
         assert app.conversation.turns[0].status == "done"
         assert app.last_transcript and Path(app.last_transcript).exists()

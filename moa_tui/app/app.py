@@ -1,0 +1,762 @@
+"""The moa-tui chat app: every model of a Mixture-of-Agents turn streams live into its own pane.
+
+How the pieces meet:
+
+- A turn runs `MoAPipeline.run_turn` in a thread worker. That thread only appends the events to an
+  `EventBuffer` (a list under a lock): it never calls into the UI, so a model never waits for
+  the screen.
+- The UI drains the buffer on its own clock (every 1/30 s). Consecutive tokens of one pane are
+  joined into one write, so a pane gets at most one append per frame however fast the models
+  are (and an append re-renders only the answer's last Markdown block: widgets/stream_view.py);
+  other events are applied in order.
+- No full garbage collection runs while a turn streams (`GcPolicy`).
+- Esc sets the turn's CancelToken: the models stop between tokens, the pipeline reports them as
+  cancelled with their partial text, and the panes show that.
+- Quitting, switching pipeline, opening or starting a conversation first cancel the turn and wait
+  for its thread; the models are released (`pipeline.close()`) only after that.
+
+The app never imports llama.cpp itself: it only consumes pipeline events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.content import Content
+from textual.widgets import Footer, Header
+from textual.worker import Worker, get_current_worker
+
+from ..backends.base import CancelToken
+from ..backends.pool import ModelProvider
+from ..config import Config, ModelSpec
+from ..events import (
+    DownloadProgress,
+    ModelFailed,
+    ModelFinished,
+    ModelLoading,
+    ModelStarted,
+    Notice,
+    Token,
+    TurnFinished,
+    TurnStarted,
+)
+from ..pipeline import MoAPipeline
+from ..transcript import (
+    Conversation,
+    TranscriptError,
+    TurnRecord,
+    export_markdown_file,
+    list_conversations,
+    load_conversation,
+    new_conversation,
+    resolve_transcript,
+)
+from .commands import MoACommands
+from .keys import COMMANDS as APP_COMMANDS
+from .screens.downloads import DownloadScreen, MissingModelsScreen
+from .screens.help import HelpScreen
+from .screens.pipelines import PipelineScreen, layout_text
+from .screens.transcripts import OpenTranscriptScreen
+from .screens.turn import TurnScreen
+from .text import one_line
+from .widgets.chat_input import ChatInput
+from .widgets.history import HistoryPanel, TurnCard
+from .widgets.turn_view import TurnView, turn_header
+
+DRAIN_INTERVAL = 1 / 20  # seconds between two drains of the event buffer (one screen update each)
+TICK_INTERVAL = 0.25  # live timings (thinking time, tokens/s) refresh
+NARROW_BELOW = 90  # columns: below this, layers stack vertically and the history hides
+
+Puller = Callable[[ModelSpec, Callable[[str, int, "int | None", float], None], Callable[[], bool]], object]
+
+
+def default_puller(spec: ModelSpec, on_progress, cancel) -> object:
+    """Download one model's files (moa_tui.models; imported only when a download is needed)."""
+    from ..models import resolve_model
+
+    return resolve_model(spec, offline=False, on_progress=on_progress, cancel=cancel)
+
+
+class EventBuffer:
+    """Where worker threads leave events for the UI: appending never blocks on the screen."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list = []
+
+    def push(self, item) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def take(self) -> list:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+# Messages of the app's own threads, through the same buffer as pipeline events.
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """The turn thread is done (after TurnFinished; `error` if the engine itself broke)."""
+
+    index: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelsChecked:
+    pipeline: str
+    missing: list[str]
+    specs: list[ModelSpec] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    label: str
+    filename: str
+    downloaded: int
+    total: int | None
+    rate: float
+
+
+@dataclass(frozen=True)
+class PullFailed:
+    label: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PullEnded:
+    cancelled: bool
+    failed: int
+    pulled: int
+
+
+class GcPolicy:
+    """No full garbage collection while a turn streams.
+
+    A full collection walks every tracked object and stops the world while it does: with Textual,
+    Rich and Pygments loaded that took 150-240 ms on a slow CPU, and one landing mid-stream froze
+    every pane that long (benchmarks/bench_app.py). So: what is alive after start-up (modules,
+    classes, the app itself) is frozen out of the collector (gc.freeze); while a turn runs, only
+    the cheap young-generation collections happen (reference counting frees almost everything
+    anyway); when the turn ends, a full collection runs once, and the old settings come back.
+    """
+
+    def __init__(self) -> None:
+        self._thresholds = gc.get_threshold()
+        self._turns = 0
+
+    def started(self) -> None:
+        gc.collect()
+        gc.freeze()
+
+    def turn_started(self) -> None:
+        self._turns += 1
+        young, middle, _ = self._thresholds
+        gc.set_threshold(young, middle, 1_000_000)  # generation 2 practically never on its own
+
+    def turn_ended(self) -> None:
+        self._turns = max(0, self._turns - 1)
+        if not self._turns:
+            gc.set_threshold(*self._thresholds)
+            gc.collect()
+
+
+class MoAApp(App[int]):
+    """Chat with a Mixture of Agents of local models."""
+
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
+    TITLE = "moa-tui"
+    COMMANDS = App.COMMANDS | {MoACommands}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]
+    BINDINGS = [
+        Binding(command.key, command.action, command.short, tooltip=command.help, priority=command.key == "ctrl+q")
+        for command in APP_COMMANDS
+    ]
+
+    def __init__(
+        self,
+        config: Config,
+        pipeline_name: str | None = None,
+        *,
+        offline: bool = False,
+        resume: Path | None = None,
+        provider: ModelProvider | None = None,
+        timings: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        puller: Puller | None = None,
+        tune_gc: bool = False,
+    ) -> None:
+        """`timings=False` leaves every duration and rate out of the screen (for snapshot tests);
+        `provider` replaces llama.cpp (tests, benchmarks); `puller` replaces the model downloader;
+        `tune_gc` keeps full garbage collections out of running turns (see `GcPolicy`; `run_app`
+        sets it: it changes the process-wide collector settings)."""
+        super().__init__()
+        self.gc_policy = GcPolicy() if tune_gc else None
+        self.config = config
+        self.offline = offline
+        self.provider = provider
+        self.timings = timings
+        self.clock = clock
+        self.puller: Puller = puller or default_puller
+        if resume is not None:
+            self.conversation: Conversation = load_conversation(Path(resume))
+            if pipeline_name is None and self.conversation.pipeline in config.pipelines:
+                pipeline_name = self.conversation.pipeline
+        else:
+            self.conversation = new_conversation(config.pipeline(pipeline_name).name, str(config.path))
+        self.pipeline = self._make_pipeline(pipeline_name)
+        self.pipeline_name = self.pipeline.pipeline.name
+        self.buffer = EventBuffer()
+        self.running = False
+        self.last_transcript: str | None = None  # where the last turn was saved
+        self.last_export: str | None = None  # where Ctrl+S last wrote the Markdown
+        self._cancel: CancelToken | None = None
+        self._turn_worker: Worker | None = None
+        self._turn_done = threading.Event()  # set when the turn's thread has nothing left to do
+        self._turn_done.set()
+        self._turn_index = -1
+        self._turn_text = ""
+        self._turn_started = 0.0
+        self._turn_finished: TurnFinished | None = None
+        self._download_screen: DownloadScreen | None = None
+        self._download_mode = ""  # "pull" (before any turn) or "turn" (a turn needs a file)
+        self._pull_cancel: threading.Event | None = None
+        self._pull_worker: Worker | None = None
+        self._view_lock = asyncio.Lock()
+        self._closed = False
+
+    def _make_pipeline(self, name: str | None) -> MoAPipeline:
+        return MoAPipeline(self.config, name, provider=self.provider, offline=self.offline)
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def compose(self):
+        yield Header()
+        with Horizontal(id="main"):
+            yield HistoryPanel(id="history")
+            yield TurnView(timings=self.timings, clock=self.clock, id="turn")
+        yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter or Ctrl+J: new line · "
+                                                "Up: last message · F1: help")
+        yield Footer()
+
+    @property
+    def turn_view(self) -> TurnView:
+        return self.query_one("#turn", TurnView)
+
+    @property
+    def history(self) -> HistoryPanel:
+        return self.query_one("#history", HistoryPanel)
+
+    @property
+    def chat_input(self) -> ChatInput:
+        return self.query_one("#input", ChatInput)
+
+    async def on_mount(self) -> None:
+        self._update_titles()
+        await self._show_conversation()
+        self.set_interval(DRAIN_INTERVAL, self.drain, name="drain")
+        self.set_interval(TICK_INTERVAL, self._tick, name="tick")
+        self.chat_input.focus()
+        self._check_models()
+        if self.gc_policy is not None:
+            self.call_after_refresh(self.gc_policy.started)
+
+    def _layer_names(self, pipeline_name: str | None = None, n_layers: int | None = None) -> list[str | None]:
+        pipeline = self.config.pipelines.get(pipeline_name or self.pipeline_name)
+        if pipeline is None or (n_layers is not None and len(pipeline.layers) != n_layers):
+            return []
+        return [layer.name for layer in pipeline.layers]
+
+    def _update_titles(self) -> None:
+        title = one_line(self.conversation.title, 50)
+        self.sub_title = f"{self.pipeline_name}" + (f" · {title}" if title else "")
+
+    async def _show_conversation(self) -> None:
+        """History, recall list and the grid for the current conversation."""
+        await self.history.show_conversation(self.conversation)
+        self.chat_input.sent = [turn.user_message for turn in self.conversation.turns]
+        turns = self.conversation.turns
+        async with self._view_lock:
+            if turns:
+                record = turns[-1]
+                await self.turn_view.show_record(record, self._layer_names(record.pipeline, len(record.layers)))
+                self.turn_view.set_header(turn_header(record.user_message, self._record_status(len(turns) - 1, record)))
+            else:
+                await self._show_idle_layout()
+
+    async def _show_idle_layout(self) -> None:
+        await self.turn_view.show_layout(self.pipeline.refs(), self._layer_names(), state="idle")
+        pipeline = self.pipeline.pipeline
+        text = Content.styled(f"Pipeline {pipeline.name}", "bold") + Content(
+            f" ({layout_text(pipeline)}). Type a message below; F1 says what each layer does.")
+        self.turn_view.set_header(text)
+
+    @staticmethod
+    def _record_status(index: int, record: TurnRecord) -> str:
+        status = f"turn {index + 1} · {record.pipeline} · {record.status}"
+        return status + (f" · {record.error}" if record.error else "")
+
+    # -- a turn ---------------------------------------------------------------------------------
+
+    async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
+        await self.send(message.text)
+
+    async def send(self, text: str) -> None:
+        """Start a turn with `text` (what Enter in the message box does)."""
+        if self.running or self._closed or not text.strip():
+            return
+        self.running = True
+        self.chat_input.disabled = True
+        self._turn_index = index = len(self.conversation.turns)
+        self._turn_text = text
+        self._turn_finished = None
+        self._turn_started = self.clock()
+        async with self._view_lock:
+            await self.turn_view.show_layout(self.pipeline.refs(), self._layer_names())
+            self._set_running_header()
+            await self.history.add_turn(index, text)
+        self._cancel = cancel = CancelToken()
+        self._turn_done.clear()
+        if self.gc_policy is not None:
+            self.gc_policy.turn_started()
+        self._turn_worker = self.run_worker(
+            partial(self._turn_thread_main, self.pipeline, self.conversation, text, cancel, index),
+            name="moa-turn", group="turn", thread=True, exit_on_error=False,
+        )
+        self.refresh_bindings()
+
+    def _turn_thread_main(self, pipeline: MoAPipeline, conversation: Conversation, text: str,
+                          cancel: CancelToken, index: int) -> None:
+        """Runs in the worker thread: events go to the buffer, nothing else."""
+        push = self.buffer.push
+        worker = get_current_worker()
+        error = None
+        try:
+            for event in pipeline.run_turn(conversation, text, cancel):
+                push(event)
+                if worker.is_cancelled:  # the app is shutting down
+                    cancel.cancel()
+        except Exception as exc:  # the engine promises not to raise; if it does, say so and go on
+            error = f"the turn stopped with an internal error: {type(exc).__name__}: {exc}"
+        finally:
+            push(TurnEnded(index, error))
+            self._turn_done.set()
+
+    def _set_running_header(self, state: str = "running") -> None:
+        status = f"turn {self._turn_index + 1} · {self.pipeline_name} · {state}"
+        if self.timings:
+            status += f" · {self.clock() - self._turn_started:.1f}s"
+        self.turn_view.set_header(turn_header(self._turn_text, status))
+
+    def _tick(self) -> None:
+        if self.running:
+            self.turn_view.tick()
+            if self.timings:
+                cancelling = self._cancel is not None and self._cancel.cancelled
+                self._set_running_header("cancelling" if cancelling else "running")
+
+    async def drain(self) -> None:
+        """Apply what the worker threads left in the buffer (called on a timer)."""
+        items = self.buffer.take()
+        if not items:
+            return
+        async with self._view_lock:
+            await self._apply(items)
+
+    async def _apply(self, items: list) -> None:
+        view = self.turn_view
+        pending: dict[str, tuple] = {}  # pane key -> (ref, [texts], token count), in arrival order
+
+        def flush(key: str | None = None) -> None:
+            keys = [key] if key is not None else list(pending)
+            for k in keys:
+                ref, parts, count = pending.pop(k)
+                view.write(ref, "".join(parts), count)
+
+        for item in items:
+            if isinstance(item, Token):
+                entry = pending.get(item.ref.key)
+                if entry is None:
+                    pending[item.ref.key] = (item.ref, [item.text], 1)
+                else:
+                    entry[1].append(item.text)
+                    pending[item.ref.key] = (item.ref, entry[1], entry[2] + 1)
+                continue
+            ref = getattr(item, "ref", None)
+            if ref is not None:
+                if ref.key in pending:
+                    flush(ref.key)
+            elif pending:
+                flush()
+            await self._handle(item)
+        if pending:
+            flush()
+
+    async def _handle(self, item) -> None:
+        view = self.turn_view
+        if isinstance(item, TurnStarted):
+            if item.layers != view.refs:
+                await view.show_layout(item.layers, self._layer_names(item.pipeline, len(item.layers)))
+        elif isinstance(item, DownloadProgress):
+            view.handle(item)
+            await self._turn_download(item)
+        elif isinstance(item, Notice):
+            view.handle(item)
+            severity = {"info": "information", "warning": "warning", "error": "error"}[item.level]
+            title = item.ref.model_id if item.ref is not None else "moa-tui"
+            self.notify(item.message, title=title, severity=severity, markup=False)
+        elif isinstance(item, TurnFinished):
+            await self._turn_finished_event(item)
+        elif isinstance(item, TurnEnded):
+            await self._turn_ended(item)
+        elif isinstance(item, ModelsChecked):
+            await self._models_checked(item)
+        elif isinstance(item, PullProgress):
+            if self._download_screen is not None:
+                await self._download_screen.progress(item.label, item.filename, item.downloaded, item.total,
+                                                     item.rate)
+        elif isinstance(item, PullFailed):
+            if self._download_screen is not None:
+                await self._download_screen.failed(item.label, item.message)
+            self.notify(item.message, title=f"{item.label}: download failed", severity="error", markup=False)
+        elif isinstance(item, PullEnded):
+            self._pull_ended(item)
+        else:
+            view.handle(item)
+            if isinstance(item, ModelFailed):
+                self.notify(item.error, title=f"{item.ref.model_id} failed", severity="error", markup=False)
+            if isinstance(item, (ModelLoading, ModelStarted, ModelFinished, ModelFailed)):
+                self._close_turn_download()
+
+    async def _turn_finished_event(self, event: TurnFinished) -> None:
+        self._turn_finished = event
+        self.last_transcript = event.transcript_path
+        record = event.record
+        if isinstance(record, TurnRecord):
+            await self.history.finish_turn(self._turn_index, record)
+        status = f"turn {self._turn_index + 1} · {self.pipeline_name} · {event.status}"
+        if self.timings:
+            status += f" · {self.clock() - self._turn_started:.1f}s"
+        if event.status == "failed" and event.error:
+            status += f" · {event.error}"
+            self.notify(event.error, title="The turn failed", severity="error", markup=False)
+        elif event.status == "cancelled":
+            self.notify("Partial answers are kept, marked cancelled.", title="Turn cancelled", severity="warning")
+        self.turn_view.set_header(turn_header(self._turn_text, status))
+        self._update_titles()
+
+    async def _turn_ended(self, item: TurnEnded) -> None:
+        try:
+            status = self._turn_finished.status if self._turn_finished else "failed"
+            self.turn_view.end_turn(status)
+        finally:
+            self._close_turn_download()
+            if item.error:
+                self.notify(item.error, title="moa-tui", severity="error", markup=False)
+                if self._turn_finished is None:
+                    record = TurnRecord(self._turn_text, self.pipeline_name, "", status="failed", error=item.error)
+                    await self.history.finish_turn(item.index, record)
+                    self.turn_view.set_header(turn_header(self._turn_text, f"failed · {item.error}"))
+            self.running = False
+            self._cancel = None
+            self._turn_worker = None
+            if self.gc_policy is not None:
+                self.call_after_refresh(self.gc_policy.turn_ended)
+            if not self._closed:
+                self.chat_input.disabled = False
+                if self.screen is self.screen_stack[0]:
+                    self.chat_input.focus()
+            self.refresh_bindings()
+
+    # -- downloads ------------------------------------------------------------------------------
+
+    async def _turn_download(self, event: DownloadProgress) -> None:
+        """A running turn needs a file: show the download screen (Esc there cancels the turn)."""
+        label = event.ref.model_id if event.ref is not None else "download"
+        if self._download_screen is None:
+            who = f"{label} is" if event.ref is not None else "Some models are"
+            screen = DownloadScreen(f"{who} not on disk yet; downloading for this turn (once: it stays cached).",
+                                    self.action_cancel_turn, timings=self.timings)
+            self._download_screen, self._download_mode = screen, "turn"
+            await self.push_screen(screen)
+        if self._download_mode == "turn":
+            await self._download_screen.progress(label, event.filename, event.downloaded, event.total, event.rate)
+
+    def _close_turn_download(self) -> None:
+        if self._download_screen is not None and self._download_mode == "turn":
+            screen, self._download_screen = self._download_screen, None
+            screen.close()
+
+    def _check_models(self) -> None:
+        """Are the pipeline's models on disk? Asked in a thread (it may look into caches)."""
+        pipeline = self.pipeline
+
+        def check() -> None:
+            try:
+                missing = pipeline.missing_models()
+                specs = [s for s in pipeline.pipeline.all_models() if pipeline.provider.missing_models([s])]
+                self.buffer.push(ModelsChecked(pipeline.pipeline.name, missing, specs))
+            except Exception as exc:  # a broken cache must not keep the app from starting
+                self.buffer.push(ModelsChecked(pipeline.pipeline.name, [], [], f"{type(exc).__name__}: {exc}"))
+
+        self.run_worker(check, name="moa-check-models", group="check", thread=True, exit_on_error=False)
+
+    async def _models_checked(self, item: ModelsChecked) -> None:
+        if item.pipeline != self.pipeline_name or self._closed:
+            return
+        if item.error:
+            self.notify(item.error, title="Could not check the models on disk", severity="warning", markup=False)
+        if not item.missing:
+            return
+        if self.offline:
+            await self.push_screen(MissingModelsScreen(self.pipeline_name, item.missing))
+            return
+        if self.running or self._download_screen is not None:
+            return
+        names = ", ".join(s.id for s in item.specs) or ", ".join(item.missing)
+        cancel = threading.Event()
+        self._pull_cancel = cancel
+        screen = DownloadScreen(f"Not on disk yet: {names}. Downloading once; they stay in the cache.",
+                                cancel.set, timings=self.timings)
+        self._download_screen, self._download_mode = screen, "pull"
+        self.chat_input.disabled = True
+        await self.push_screen(screen)
+        specs = list(item.specs)
+        self._pull_worker = self.run_worker(partial(self._pull_thread_main, specs, cancel), name="moa-pull",
+                                            group="pull", thread=True, exit_on_error=False)
+
+    def _pull_thread_main(self, specs: list[ModelSpec], cancel: threading.Event) -> None:
+        push = self.buffer.push
+        seen: set[str] = set()
+        failed = pulled = 0
+        try:
+            for spec in specs:
+                if cancel.is_set():
+                    break
+                source = spec.source.describe()
+                if source in seen:
+                    continue
+                seen.add(source)
+
+                def progress(filename: str, downloaded: int, total: int | None, rate: float, _label=spec.id) -> None:
+                    push(PullProgress(_label, filename, downloaded, total, rate))
+
+                try:
+                    self.puller(spec, progress, cancel.is_set)
+                    pulled += 1
+                except Exception as exc:  # every failure is shown; the other models still come
+                    if not cancel.is_set():
+                        failed += 1
+                        push(PullFailed(spec.id, str(exc)))
+        finally:
+            push(PullEnded(cancel.is_set(), failed, pulled))
+
+    def _pull_ended(self, item: PullEnded) -> None:
+        screen, self._download_screen = self._download_screen, None
+        self._pull_cancel = None
+        self._pull_worker = None
+        if screen is not None:
+            screen.close()
+        if not self.running and not self._closed:
+            self.chat_input.disabled = False
+            self.chat_input.focus()
+        if item.cancelled:
+            self.notify("Models still missing are downloaded when a turn needs them, or run `moa pull`.",
+                        title="Download cancelled", severity="warning", markup=False)
+        elif item.failed:
+            self.notify(f"{item.failed} model(s) could not be downloaded; turns will fail for them.",
+                        title="Download failed", severity="error", markup=False)
+        else:
+            self.notify(f"{item.pulled} model(s) ready.", title="Download complete")
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_turn":
+            return True if self.running else None  # shown greyed out when no turn runs
+        return True
+
+    def action_cancel_turn(self) -> None:
+        """Esc: stop every model of the running turn (they stop between tokens)."""
+        if self.running and self._cancel is not None and not self._cancel.cancelled:
+            self._cancel.cancel()
+            self._set_running_header("cancelling")
+
+    async def stop_turn(self) -> None:
+        """Cancel the running turn and wait until its thread is done and the screen shows the end."""
+        worker = self._turn_worker
+        if self._cancel is not None:
+            self._cancel.cancel()
+        if worker is not None:
+            with contextlib.suppress(Exception):  # the thread reports its own errors through the buffer
+                await worker.wait()
+        await self.drain()
+
+    async def action_new_conversation(self) -> None:
+        await self.stop_turn()
+        self.conversation = new_conversation(self.pipeline_name, str(self.config.path))
+        await self._show_conversation()
+        self._update_titles()
+        self.notify("New conversation.", title="moa-tui")
+
+    def action_open_transcript(self) -> None:
+        try:
+            summaries = list_conversations()
+        except (OSError, TranscriptError) as exc:
+            self.notify(str(exc), title="Cannot list transcripts", severity="error", markup=False)
+            return
+        self.push_screen(OpenTranscriptScreen(summaries), self._open_chosen)
+
+    async def _open_chosen(self, conversation_id: str | None) -> None:
+        if conversation_id is not None:
+            await self.open_conversation(conversation_id)
+
+    async def open_conversation(self, name: str) -> None:
+        """Continue a saved conversation (a transcript id or path)."""
+        await self.stop_turn()
+        try:
+            conversation = load_conversation(resolve_transcript(name))
+        except (OSError, ValueError, TranscriptError) as exc:
+            self.notify(str(exc), title="Cannot open the transcript", severity="error", markup=False)
+            return
+        self.conversation = conversation
+        await self._show_conversation()
+        self._update_titles()
+        note = ""
+        if conversation.pipeline != self.pipeline_name:
+            note = f" It was made with pipeline {conversation.pipeline}; Ctrl+L switches."
+        title = one_line(conversation.title, 40) or conversation.id
+        self.notify(f"{len(conversation.turns)} turn(s); new messages continue it with pipeline "
+                    f"{self.pipeline_name}.{note}", title=f"Opened {title}", markup=False)
+
+    def action_export(self) -> None:
+        conversation = self.conversation
+        turns = [t for t in conversation.turns if t.status != "running"]
+        if not turns:
+            self.notify("Nothing to export yet.", title="Export", severity="warning")
+            return
+        snapshot = Conversation(conversation.id, conversation.created_at, conversation.pipeline,
+                                conversation.config_path, conversation.title, turns)
+        try:
+            path = export_markdown_file(snapshot)
+        except (OSError, TranscriptError) as exc:
+            self.notify(str(exc), title="Export failed", severity="error", markup=False)
+            return
+        self.last_export = str(path)
+        self.notify(str(path), title="Exported to Markdown", markup=False, timeout=10)
+
+    def action_switch_pipeline(self) -> None:
+        self.push_screen(PipelineScreen(self.config, self.pipeline_name), self._pipeline_chosen)
+
+    async def _pipeline_chosen(self, name: str | None) -> None:
+        if name is not None:
+            await self.action_use_pipeline(name)
+
+    async def action_use_pipeline(self, name: str) -> None:
+        """Switch to pipeline `name`; the conversation goes on with it."""
+        if name == self.pipeline_name or name not in self.config.pipelines:
+            return
+        await self.stop_turn()
+        old = self.pipeline
+        if self._pull_cancel is not None:
+            self._pull_cancel.set()
+        self.pipeline = self._make_pipeline(name)
+        self.pipeline_name = name
+        self.conversation.pipeline = name
+        if self.provider is None:  # a pool of its own: free the old pipeline's models (off the UI thread)
+            await asyncio.to_thread(old.close)
+        async with self._view_lock:
+            await self._show_idle_layout()
+        self._update_titles()
+        self.notify(f"{layout_text(self.pipeline.pipeline)}. {self.pipeline.pipeline.description}".strip(),
+                    title=f"Pipeline {name}", markup=False)
+        self._check_models()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.pipeline.pipeline))
+
+    def action_toggle_history(self) -> None:
+        main = self.query_one("#main")
+        shown = self.history.display
+        main.set_class(shown, "-history-hidden")
+        main.set_class(not shown, "-history-shown")
+
+    async def on_turn_card_open(self, message: TurnCard.Open) -> None:
+        turns = self.conversation.turns
+        if 0 <= message.index < len(turns):
+            record = turns[message.index]
+            names = self._layer_names(record.pipeline, len(record.layers))
+            await self.push_screen(TurnScreen(record, message.index, names, timings=self.timings))
+
+    async def action_quit(self) -> None:
+        """Ctrl+Q: cancel the turn, wait for it, release the models, leave."""
+        await self.shutdown()
+        self.exit(0)
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pull_cancel is not None:
+            self._pull_cancel.set()
+        await self.stop_turn()
+        if self._pull_worker is not None:
+            with contextlib.suppress(Exception):  # a download that does not stop in time: left to exit
+                await asyncio.wait_for(self._pull_worker.wait(), timeout=5)
+        await asyncio.to_thread(self.pipeline.close)
+
+    def on_unmount(self) -> None:
+        """However the app ends, no model keeps running for it."""
+        if self._cancel is not None:
+            self._cancel.cancel()
+        if self._pull_cancel is not None:
+            self._pull_cancel.set()
+
+    def shutdown_sync(self, timeout: float = 30.0) -> None:
+        """After the app loop ended some other way: stop the turn thread, then free the models."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._cancel is not None:
+            self._cancel.cancel()
+        if self._pull_cancel is not None:
+            self._pull_cancel.set()
+        self._turn_done.wait(timeout)
+        self.pipeline.close()
+
+
+def run_app(
+    config: Config,
+    pipeline_name: str | None,
+    *,
+    offline: bool,
+    resume: Path | None,
+    provider: ModelProvider | None = None,
+) -> int:
+    """Open the chat app; returns the exit code. The models are released before it returns."""
+    app = MoAApp(config, pipeline_name, offline=offline, resume=resume, provider=provider, tune_gc=True)
+    try:
+        app.run()
+    finally:
+        app.shutdown_sync()
+    return app.return_code or 0

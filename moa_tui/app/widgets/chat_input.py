@@ -1,0 +1,92 @@
+"""The message box: Enter sends, Shift+Enter or Ctrl+J inserts a newline, Up recalls sent messages."""
+
+from __future__ import annotations
+
+from textual import events
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import TextArea
+
+NEWLINE_KEYS = ("shift+enter", "ctrl+j")
+
+
+class ChatInput(TextArea):
+    """A multi-line input that sends on Enter."""
+
+    BINDINGS = [
+        Binding("enter", "submit", "Send", tooltip="Send the message"),
+        Binding("ctrl+j", "newline", "Newline", show=False, tooltip="Insert a newline (also Shift+Enter)"),
+    ]
+
+    class Submitted(Message):
+        def __init__(self, chat_input: ChatInput, text: str) -> None:
+            super().__init__()
+            self.chat_input = chat_input
+            self.text = text
+
+        @property
+        def control(self) -> ChatInput:
+            return self.chat_input
+
+    def __init__(self, *, placeholder: str = "", id: str | None = None) -> None:
+        super().__init__(
+            "", placeholder=placeholder, id=id, soft_wrap=True, show_line_numbers=False, tab_behavior="focus",
+            compact=True, highlight_cursor_line=False,
+        )
+        self.sent: list[str] = []  # earlier messages, oldest first, for Up
+        self._recall: int | None = None  # index into `sent` while showing a recalled message
+
+    async def _on_key(self, event: events.Key) -> None:
+        # Runs before TextArea._on_key (which would insert "\n" for Enter); stopping the default
+        # action here keeps TextArea from handling these keys too.
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.action_submit()
+        elif event.key in NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.action_newline()
+
+    def action_submit(self) -> None:
+        text = self.text
+        if not text.strip() or self.disabled:
+            return
+        self.sent.append(text)
+        self._recall = None
+        self.clear()
+        self.post_message(self.Submitted(self, text))
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+    # -- recalling earlier messages ------------------------------------------------------------
+
+    def _recalling(self) -> bool:
+        """The box is empty, or still shows an unchanged recalled message."""
+        if not self.text:
+            return True
+        return self._recall is not None and self.text == self.sent[self._recall]
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if not select and self.sent and self.cursor_location[0] == 0 and self._recalling():
+            index = len(self.sent) - 1 if self._recall is None else max(0, self._recall - 1)
+            self._show_recalled(index)
+            return
+        super().action_cursor_up(select)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        last_row = self.document.line_count - 1
+        if not select and self._recall is not None and self.cursor_location[0] == last_row and self._recalling():
+            if self._recall + 1 < len(self.sent):
+                self._show_recalled(self._recall + 1)
+            else:
+                self._recall = None
+                self.clear()
+            return
+        super().action_cursor_down(select)
+
+    def _show_recalled(self, index: int) -> None:
+        self._recall = index
+        self.text = self.sent[index]
+        self.move_cursor(self.document.end)

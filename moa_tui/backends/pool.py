@@ -92,11 +92,26 @@ class LocalModelPool:
             from .openai_http import open_remote
 
             return open_remote(spec)
+        self._preflight(spec, path)
         if self._loader is not None:
             return self._loader(spec.id, path, spec.settings)
         from .llama import LlamaChatModel
 
         return LlamaChatModel(spec.id, path, spec.settings)
+
+    @staticmethod
+    def _preflight(spec: ModelSpec, path: str) -> None:
+        """Refuse a broken, hostile or too-big GGUF with a clear message before llama.cpp touches it."""
+        from ..gguf_info import GGUFError, preflight
+
+        settings = spec.settings
+        on_gpu = settings.n_gpu_layers != 0 and _gpu_offload()
+        try:
+            # With GPU offload the weights go to VRAM, which free RAM says nothing about.
+            preflight(spec.id, path, settings.n_ctx or 4096, n_batch=settings.n_batch or 512,
+                      flash_attn=bool(settings.flash_attn), check_memory=not on_gpu)
+        except GGUFError as exc:
+            raise ModelError(str(exc)) from exc
 
     def _entry(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> _Entry:
         path = self._resolve(spec, ref, emit, cancel)
@@ -164,3 +179,9 @@ class LocalModelPool:
         for entry in entries:
             with entry.lock:
                 entry.model.close()
+
+
+def _gpu_offload() -> bool:
+    from .llama import gpu_offload_supported
+
+    return gpu_offload_supported()

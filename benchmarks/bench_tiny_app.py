@@ -46,7 +46,12 @@ def turn_tokens(turn) -> int:
     return sum(a.stats.generated_tokens for layer in turn.layers for a in layer)
 
 
-def headless_session() -> list[tuple[int, float]]:
+def model_seconds(turn) -> float:
+    """Time the models spent in their calls (prompt + generation), summed over the turn's models."""
+    return sum(a.stats.wall_time for layer in turn.layers for a in layer)
+
+
+def headless_session() -> list[tuple[int, float, float]]:
     from moa_tui.cli import _AskPrinter
     from moa_tui.pipeline import MoAPipeline
     from moa_tui.transcript import new_conversation
@@ -62,13 +67,13 @@ def headless_session() -> list[tuple[int, float]]:
                 for event in pipeline.run_turn(conversation, question):
                     printer.handle(event)
                 wall = time.perf_counter() - started
-                results.append((turn_tokens(conversation.turns[-1]), wall))
+                results.append((turn_tokens(conversation.turns[-1]), wall, model_seconds(conversation.turns[-1])))
     finally:
         pipeline.close()
     return results[1:]
 
 
-async def app_session() -> list[tuple[int, float]]:
+async def app_session() -> list[tuple[int, float, float]]:
     app = MoAApp(greedy_config(), "tiny", timings=True)
     results = []
     async with app.run_test(size=(160, 50)) as pilot:
@@ -81,22 +86,29 @@ async def app_session() -> list[tuple[int, float]]:
             await wait(lambda: app.running, 10)
             await wait(lambda: not app.running, 300)
             wall = time.perf_counter() - started
-            results.append((turn_tokens(app.conversation.turns[-1]), wall))
+            results.append((turn_tokens(app.conversation.turns[-1]), wall, model_seconds(app.conversation.turns[-1])))
             await pilot.pause()
         await pilot.press("ctrl+q")
     return results[1:]
 
 
-async def wait(predicate, timeout: float) -> None:
+async def wait(predicate, timeout: float, poll: float = 0.01) -> None:
+    """Poll gently: a busy poll in the app's own event loop would steal CPU from the models it measures."""
     start = time.monotonic()
     while not predicate():
         if time.monotonic() - start > timeout:
             raise TimeoutError("the app did not get there in time")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(poll)
 
 
-def rate(results: list[tuple[int, float]]) -> float:
-    return sum(t for t, _ in results) / sum(w for _, w in results)
+def rate(results: list[tuple[int, float, float]]) -> float:
+    """Turn tokens/s: what the user waits for, from Enter to the turn's end."""
+    return sum(r[0] for r in results) / sum(r[1] for r in results)
+
+
+def model_rate(results: list[tuple[int, float, float]]) -> float:
+    """Tokens/s while the models ran: how much the screen slowed llama.cpp itself."""
+    return sum(r[0] for r in results) / sum(r[2] for r in results)
 
 
 def main() -> int:
@@ -105,15 +117,21 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("MOA_DATA_DIR", tempfile.mkdtemp(prefix="moa-bench-"))
-    app_rates, ask_rates, tokens = [], [], None
+    app_rates, ask_rates, app_model, ask_model, tokens = [], [], [], [], None
     for _ in range(args.rounds):
         app_results = asyncio.run(app_session())
         ask_results = headless_session()
         app_rates.append(rate(app_results))
         ask_rates.append(rate(ask_results))
-        tokens = ([t for t, _ in app_results], [t for t, _ in ask_results])
+        app_model.append(model_rate(app_results))
+        ask_model.append(model_rate(ask_results))
+        tokens = ([r[0] for r in app_results], [r[0] for r in ask_results])
     ratio = statistics.median(app_rates) / statistics.median(ask_rates)
+    model_ratio = statistics.median(app_model) / statistics.median(ask_model)
     result = {
+        "app_model_tokens_per_s": [round(r, 1) for r in app_model],
+        "ask_model_tokens_per_s": [round(r, 1) for r in ask_model],
+        "model_ratio_app_over_ask": round(model_ratio, 3),
         "app_tokens_per_s": [round(r, 1) for r in app_rates],
         "ask_tokens_per_s": [round(r, 1) for r in ask_rates],
         "tokens_per_turn_app_vs_ask": tokens,
@@ -128,7 +146,9 @@ def main() -> int:
         print(f"  tokens per turn (app / ask): {tokens[0]} / {tokens[1]}")
         print(f"  app  tok/s: {result['app_tokens_per_s']}")
         print(f"  ask  tok/s: {result['ask_tokens_per_s']}")
-        print(f"  app / ask: {ratio:.3f}  (target >= {TARGET})  {'OK' if result['ok'] else 'BELOW TARGET'}")
+        print(f"  app / ask (turn wall): {ratio:.3f}  (target >= {TARGET})  {'OK' if result['ok'] else 'BELOW TARGET'}")
+        print(f"  while the models ran: app {result['app_model_tokens_per_s']} / ask {result['ask_model_tokens_per_s']}"
+              f" = {model_ratio:.3f}")
     return 0 if result["ok"] else 1
 
 

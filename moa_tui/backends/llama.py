@@ -23,6 +23,9 @@ from .chat_templates import PromptFormatter
 from .streaming import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger("moa_tui.llama_cpp")
+# Without a handler anywhere, Python's last-resort handler would print llama.cpp's warnings to stderr,
+# over a running TUI. Records still reach the root logger's handlers (the log file) when there are any.
+log.addHandler(logging.NullHandler())
 
 GPU_REINSTALL_HINT = (
     "reinstall llama-cpp-python with GPU support, e.g. "

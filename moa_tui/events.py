@@ -40,6 +40,12 @@ class GenerationStats:
     finish_reason: str = ""  # "stop", "length", "cancelled", "error"
     load_time: float = 0.0
 
+    @staticmethod
+    def decode_rate(generated: int, wall_time: float, time_to_first_token: float | None) -> float:
+        """Tokens/s after the first token: prompt evaluation is not part of the decode speed."""
+        decode_time = wall_time - time_to_first_token if time_to_first_token is not None else 0.0
+        return (generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0
+
     def to_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens,

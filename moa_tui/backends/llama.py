@@ -286,8 +286,7 @@ class LlamaChatModel:
         stats.prompt_tokens_evaluated = int(perf.n_p_eval) + max(0, int(perf.n_eval) - max(0, generated - 1))
         stats.prompt_tokens_evaluated = min(stats.prompt_tokens_evaluated, stats.prompt_tokens)
         stats.wall_time = time.perf_counter() - started
-        decode_time = stats.wall_time - (stats.time_to_first_token or stats.wall_time)
-        stats.tokens_per_second = (generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0
+        stats.tokens_per_second = GenerationStats.decode_rate(generated, stats.wall_time, stats.time_to_first_token)
         stats.finish_reason = finish
         return ChatResult(text="".join(parts), stats=stats, cancelled=finish == "cancelled")
 

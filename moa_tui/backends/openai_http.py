@@ -492,14 +492,13 @@ class RemoteChatModel:
         elif isinstance(stream.timings.get("prompt_n"), int):
             evaluated = min(prompt, stream.timings["prompt_n"]) if prompt else stream.timings["prompt_n"]
         ttft = None if stream.first_token_at is None else stream.first_token_at - stream.started
-        decode_time = wall - ttft if ttft is not None else 0.0
         return GenerationStats(
             prompt_tokens=prompt,
             prompt_tokens_evaluated=evaluated,
             generated_tokens=generated,
             time_to_first_token=ttft,
             wall_time=wall,
-            tokens_per_second=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else 0.0,
+            tokens_per_second=GenerationStats.decode_rate(generated, wall, ttft),
             finish_reason=finish,
         )
 

@@ -88,9 +88,7 @@ class _RunningScript:
     def _done(out: list[str], stats: GenerationStats, started: float, reason: str) -> ChatResult:
         stats.generated_tokens = len(out)
         stats.wall_time = time.perf_counter() - started
-        ttft = stats.time_to_first_token or 0.0
-        gen_time = stats.wall_time - ttft
-        stats.tokens_per_second = (len(out) - 1) / gen_time if len(out) > 1 and gen_time > 0 else 0.0
+        stats.tokens_per_second = GenerationStats.decode_rate(len(out), stats.wall_time, stats.time_to_first_token)
         stats.finish_reason = reason
         return ChatResult("".join(out), stats, cancelled=reason == "cancelled")
 

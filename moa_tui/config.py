@@ -32,7 +32,7 @@ class ModelSettings:
     """Load and generation settings of one model; None means "not set here"."""
 
     n_ctx: int | None = None
-    n_gpu_layers: int | None = None
+    n_gpu_layers: int | str | None = None  # an integer, or "auto": as many layers as fit (planner.py)
     n_threads: int | None = None
     n_batch: int | None = None
     flash_attn: bool | None = None
@@ -122,6 +122,15 @@ class ModelSpec:
     id: str
     source: Source
     settings: ModelSettings  # fully merged: builtin defaults < file defaults < this model
+    # Self-MoA: an entry with `samples: N` becomes N specs "<id>#1".."<id>#N" of one model file
+    # (loaded once), differing only in seed and maybe temperature; `sample_of` names the entry.
+    sample_of: str | None = None
+    sample_index: int = 0
+
+    @property
+    def base_id(self) -> str:
+        """The id the user wrote in models.yaml (the same for every sample of one entry)."""
+        return self.sample_of or self.id
 
 
 @dataclass
@@ -174,6 +183,14 @@ DEFAULT_PROMPTS = Prompts(
 
 
 @dataclass
+class MemoryBudget:
+    """The `memory:` section: what the residency planner may use; None = what the machine has free."""
+
+    ram_gb: float | None = None
+    vram_gb: float | None = None
+
+
+@dataclass
 class Config:
     path: Path
     version: int
@@ -181,6 +198,7 @@ class Config:
     defaults: ModelSettings
     prompts: Prompts
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    memory: MemoryBudget = field(default_factory=MemoryBudget)
 
     def pipeline(self, name: str | None) -> Pipeline:
         """The named pipeline (default_pipeline when None); ConfigError lists the known names."""
@@ -425,11 +443,21 @@ def _stop(value: Any) -> list[str]:
 
 
 _positive = _ranged(_integer, lambda v: v > 0, "greater than 0")
+_gpu_layers_int = _ranged(_integer, lambda v: v >= -1, "-1 (all layers), 0 (CPU only), a layer count, or 'auto'")
+
+
+def _gpu_layers(value: Any) -> int | str:
+    """-1 all layers, 0 none, N layers, or "auto": as many as fit in the VRAM budget (planner.py)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise ValueError(f"expected an integer or 'auto', got {_show(value)}")
+    return _gpu_layers_int(value)
 
 # One check per ModelSettings field; the key order is the order shown in "expected one of" hints.
 SETTING_CHECKS: dict[str, Callable[[Any], Any]] = {
     "n_ctx": _positive,
-    "n_gpu_layers": _ranged(_integer, lambda v: v >= -1, "-1 (all layers) or more"),
+    "n_gpu_layers": _gpu_layers,
     "n_threads": _positive,
     "n_batch": _positive,
     "flash_attn": _bool,
@@ -445,11 +473,13 @@ SETTING_CHECKS: dict[str, Callable[[Any], Any]] = {
     "system_prompt": _text,
 }
 
-TOP_KEYS = ("version", "default_pipeline", "defaults", "prompts", "pipelines")
+TOP_KEYS = ("version", "default_pipeline", "defaults", "prompts", "memory", "pipelines")
+MEMORY_KEYS = ("ram_gb", "vram_gb")
+MAX_SAMPLES = 16
 PROMPT_KEYS = ("proposer", "aggregator", "final")
 PIPELINE_KEYS = ("description", "parallel", "layers")
 LAYER_KEYS = ("name", "models")
-MODEL_KEYS = ("id", "source", *SETTING_CHECKS)
+MODEL_KEYS = ("id", "source", "samples", "temperatures", *SETTING_CHECKS)
 SOURCE_KEYS = {
     "hf": ("hf", "quant", "file", "revision"),
     "path": ("path",),
@@ -546,12 +576,46 @@ def _source(value: Any, where: str, base: Path) -> Source:
     return _endpoint_source(data, where)
 
 
-def _model(value: Any, where: str, base: Path, defaults: ModelSettings) -> ModelSpec:
+def _model(value: Any, where: str, base: Path, defaults: ModelSettings) -> list[ModelSpec]:
+    """One models.yaml entry: one spec, or N specs of one model when it says `samples: N`."""
     data = _mapping(value, where, "{id: name, source: {...}}")
     _check_keys(data, MODEL_KEYS, where)
     model_id = _checked(_required(data, "id", where), _join(where, "id"), _text)
+    if "#" in model_id:
+        raise _Invalid(_join(where, "id"), f"'#' is kept for samples (like 'x#2'), got {_show(model_id)}")
     source = _source(_required(data, "source", where, SOURCE_HINT), _join(where, "source"), base)
-    return ModelSpec(model_id, source, defaults.merged(_settings(data, where)))
+    settings = defaults.merged(_settings(data, where))
+    samples = _get(data, "samples", where, _ranged(_integer, lambda v: 1 <= v <= MAX_SAMPLES,
+                                                  f"between 1 and {MAX_SAMPLES}"), None)
+    temperatures = _get(data, "temperatures", where, _temperatures)
+    if samples is None:
+        if temperatures is not None:
+            raise _Invalid(_join(where, "temperatures"), "only used with 'samples: N' (one temperature per sample)")
+        return [ModelSpec(model_id, source, settings)]
+    if temperatures is not None and len(temperatures) != samples:
+        raise _Invalid(_join(where, "temperatures"),
+                       f"expected {samples} temperatures (one per sample), got {len(temperatures)}")
+    return [_sample(model_id, source, settings, i, temperatures) for i in range(samples)]
+
+
+def _temperatures(value: Any) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a list of temperatures like [0.3, 0.7, 1.0], got {_show(value)}")
+    return [_checked_temperature(v) for v in value]
+
+
+def _checked_temperature(value: Any) -> float:
+    return SETTING_CHECKS["temperature"](value)
+
+
+def _sample(model_id: str, source: Source, settings: ModelSettings, index: int,
+            temperatures: list[float] | None) -> ModelSpec:
+    """Sample `index` of a Self-MoA entry: its own seed (so answers differ) and maybe temperature."""
+    base_seed = settings.seed if settings.seed is not None else 0
+    override = ModelSettings(seed=base_seed + index,
+                             temperature=temperatures[index] if temperatures is not None else None)
+    return ModelSpec(f"{model_id}#{index + 1}", source, settings.merged(override),
+                     sample_of=model_id, sample_index=index)
 
 
 def _layer(value: Any, where: str, base: Path, defaults: ModelSettings) -> Layer:
@@ -560,17 +624,20 @@ def _layer(value: Any, where: str, base: Path, defaults: ModelSettings) -> Layer
     name = _get(data, "name", where, _text)
     models_where = _join(where, "models")
     models = _list(_required(data, "models", where), models_where, "model")
-    return Layer([_model(m, f"{models_where}[{i}]", base, defaults) for i, m in enumerate(models)], name=name)
+    specs = [spec for i, m in enumerate(models) for spec in _model(m, f"{models_where}[{i}]", base, defaults)]
+    return Layer(specs, name=name)
 
 
 def _check_unique_ids(layers: list[Layer], where: str) -> None:
     first_seen: dict[str, str] = {}
     for li, layer in enumerate(layers):
-        for mi, model in enumerate(layer.models):
+        entries = [model for model in layer.models if model.sample_index == 0]  # one per YAML entry
+        for mi, model in enumerate(entries):
             at = f"layers[{li}].models[{mi}]"
-            if model.id in first_seen:
-                raise _Invalid(f"{where}.{at}.id", f"duplicate id {model.id!r} (also at {first_seen[model.id]})")
-            first_seen[model.id] = at
+            if model.base_id in first_seen:
+                raise _Invalid(f"{where}.{at}.id",
+                               f"duplicate id {model.base_id!r} (also at {first_seen[model.base_id]})")
+            first_seen[model.base_id] = at
 
 
 def _pipeline(name: Any, value: Any, where: str, base: Path, defaults: ModelSettings) -> Pipeline:
@@ -584,7 +651,8 @@ def _pipeline(name: Any, value: Any, where: str, base: Path, defaults: ModelSett
     if len(layers[-1].models) != 1:
         raise _Invalid(f"{layers_where}[{len(layers) - 1}].models",
                        f"the last layer must have exactly one model (its answer is the reply), "
-                       f"got {len(layers[-1].models)}")
+                       f"got {len(layers[-1].models)}" + (" (samples count as models)"
+                                                          if layers[-1].models[0].sample_of else ""))
     _check_unique_ids(layers, where)
     return Pipeline(name, layers, description=_get(data, "description", where, _any_text, ""),
                     parallel=_get(data, "parallel", where, _bool, False))
@@ -630,7 +698,15 @@ def _config(data: Any, path: Path) -> Config:
     prompts = _prompts(_section(data, "prompts"))
     base = path.expanduser().resolve().parent
     pipelines = _pipelines(_required(data, "pipelines", ""), base, defaults)
-    return Config(path, version, _default_pipeline(data, pipelines), defaults, prompts, pipelines)
+    return Config(path, version, _default_pipeline(data, pipelines), defaults, prompts, pipelines,
+                  memory=_memory(_section(data, "memory")))
+
+
+def _memory(value: Any) -> MemoryBudget:
+    data = _mapping(value, "memory", "{ram_gb: 12, vram_gb: 6}")
+    _check_keys(data, MEMORY_KEYS, "memory")
+    size = _ranged(_number, lambda v: v > 0, "a size in GB greater than 0")
+    return MemoryBudget(**{key: _get(data, key, "memory", size) for key in MEMORY_KEYS})
 
 
 def _section(data: dict, key: str) -> Any:

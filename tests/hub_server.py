@@ -10,6 +10,12 @@ files (read from its source: hf_api.py, file_download.py, utils/_http.py):
 - GET  /{repo}/resolve/{rev}/{file}                  the bytes; `Range: bytes=N-` answers 206
 - errors as the hub sends them: 401 + X-Error-Code RepoNotFound for an unknown repo (what an anonymous
   caller gets), 401 + GatedRepo for a gated repo's files, 404 + RevisionNotFound / EntryNotFound.
+- a file's ETag is the sha256 of its bytes, as for the hub's LFS files (GGUF files are LFS files).
+
+Faults to provoke: drop_after (close the connection after n bytes), stall_after (send n bytes, then hang
+until `unstall` is set, then drop), fail() (answer a status instead of the file), ignore_range (answer
+200 with the whole file to a Range request), wrong_etag (an ETag the bytes do not match). It records the
+Range header of every file GET (`ranges`) and the body bytes it sent per file (`served`).
 
 huggingface_hub freezes HF_ENDPOINT and HF_HOME when imported; moa_tui.models reads them at call time,
 so `use_hub` only sets environment variables. Code calling huggingface_hub directly must pass
@@ -25,6 +31,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -34,11 +41,22 @@ import pytest
 BLOCK = 64 * 1024
 
 
+@dataclass
+class _Failure:
+    status: int
+    code: str | None
+    times: int | None
+    after: int
+    methods: tuple[str, ...]
+
+
 class FakeHub:
     """Serves {repo_id: {filename: local Path}} on 127.0.0.1 and counts every request.
 
     drop_after: {filename: n} sends only n bytes of the first GET of that file, then closes the
-    connection (huggingface_hub then resumes with a Range request).
+    connection (the client then resumes with a Range request).
+    stall_after: {filename: n} sends n bytes of the first GET of that file, sets `stalled`, then waits
+    for `unstall` (a hung server, or one to kill a client against) and closes the connection.
     throttle: seconds slept per 64 KiB sent, for downloads slow enough to watch or cancel.
     """
 
@@ -46,9 +64,18 @@ class FakeHub:
         self.repos: dict[str, dict[str, Path]] = dict(repos or {})
         self.gated: set[str] = set(gated or ())
         self.drop_after: dict[str, int] = {}
+        self.stall_after: dict[str, int] = {}
+        self.stalled = threading.Event()
+        self.unstall = threading.Event()
+        self.ignore_range: set[str] = set()
+        self.wrong_etag: set[str] = set()
         self.throttle = 0.0
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.ranges: list[tuple[str, str | None]] = []
+        self.served: Counter[str] = Counter()
+        self._failures: dict[str, _Failure] = {}
         self._dropped: set[str] = set()
+        self._stalls: set[str] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -65,10 +92,12 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        """Stop listening, then let stalled responses end by dropping their connections (a server going away)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        self.unstall.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -118,6 +147,47 @@ class FakeHub:
                 self._dropped.add(filename)
                 return self.drop_after[filename]
         return None
+
+    def take_stall(self, filename: str) -> int | None:
+        """The byte count after which this GET hangs, once per file."""
+        with self._lock:
+            if filename in self.stall_after and filename not in self._stalls:
+                self._stalls.add(filename)
+                return self.stall_after[filename]
+        return None
+
+    def fail(self, filename: str, status: int, *, times: int | None = None, after: int = 0, code: str | None = None,
+             methods: tuple[str, ...] = ("GET",)) -> None:
+        """Answer `status` (with X-Error-Code `code`) to `times` requests (None: all) for `filename`, once
+        `after` of them have been served normally."""
+        self._failures[filename] = _Failure(status, code, times, after, methods)
+
+    def take_failure(self, filename: str, method: str) -> tuple[int, str | None] | None:
+        with self._lock:
+            failure = self._failures.get(filename)
+            if failure is None or method not in failure.methods:
+                return None
+            if failure.after > 0:
+                failure.after -= 1
+                return None
+            if failure.times is not None:
+                if failure.times <= 0:
+                    return None
+                failure.times -= 1
+            return failure.status, failure.code
+
+    def record(self, filename: str, range_header: str | None) -> None:
+        with self._lock:
+            self.ranges.append((filename, range_header))
+
+    def count_sent(self, filename: str, n: int) -> None:
+        with self._lock:
+            self.served[filename] += n
+
+    def file_ranges(self, filename: str) -> list[str | None]:
+        """The Range header of each GET of `filename`, in order (None: the whole file)."""
+        with self._lock:
+            return [header for name, header in self.ranges if name == filename]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -205,26 +275,37 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "EntryNotFound", f"{filename} does not exist", body,
                         {"X-Repo-Commit": self.hub.commit(repo)})
             return
+        failure = self.hub.take_failure(filename, self.command)
+        if failure is not None:
+            status, code = failure
+            self._error(status, code, f"injected HTTP {status}", body, {"X-Repo-Commit": self.hub.commit(repo)})
+            return
         self._send_file(repo, filename, path, body)
 
     def _send_file(self, repo: str, filename: str, path: Path, body: bool) -> None:
         size = path.stat().st_size
-        start, end = _byte_range(self.headers.get("Range"), size)
+        range_header = self.headers.get("Range")
+        start, end = _byte_range(None if filename in self.hub.ignore_range else range_header, size)
         partial = (start, end) != (0, size - 1)
+        etag = "0" * 64 if filename in self.hub.wrong_etag else _etag(repo, filename, path)
         self.send_response(206 if partial else 200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{_etag(repo, filename, path)}"')
+        self.send_header("ETag", f'"{etag}"')
         self.send_header("X-Repo-Commit", self.hub.commit(repo))
         if partial:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         if body:
-            self._send_bytes(path, start, end - start + 1, self.hub.take_drop(filename))
+            self.hub.record(filename, range_header)
+            self._send_bytes(path, filename, start, end - start + 1)
 
-    def _send_bytes(self, path: Path, start: int, length: int, drop_at: int | None) -> None:
-        limit = length if drop_at is None else min(length, drop_at)
+    def _send_bytes(self, path: Path, filename: str, start: int, length: int) -> None:
+        drop_at = self.hub.take_drop(filename)
+        stall_at = self.hub.take_stall(filename)
+        cut = min((n for n in (drop_at, stall_at) if n is not None), default=None)
+        limit = length if cut is None else min(length, cut)
         with path.open("rb") as file:
             file.seek(start)
             sent = 0
@@ -233,9 +314,14 @@ class _Handler(BaseHTTPRequestHandler):
                 if not block:
                     break
                 self.wfile.write(block)
+                self.hub.count_sent(filename, len(block))
                 sent += len(block)
                 if self.hub.throttle:
                     time.sleep(self.hub.throttle)
+        if stall_at is not None and sent < length:
+            self.wfile.flush()
+            self.hub.stalled.set()
+            self.hub.unstall.wait(timeout=60)
         if sent < length:
             self.wfile.flush()
             self.close_connection = True  # promised Content-Length bytes, sent fewer: a dropped connection
@@ -266,9 +352,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
 
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def _etag(repo: str, filename: str, path: Path) -> str:
+    """The sha256 of the file's bytes, as the hub's ETag of an LFS file (computed once per file version)."""
     stat = path.stat()
-    return hashlib.sha1(f"{repo}/{filename}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            while block := file.read(4 << 20):
+                digest.update(block)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int]:

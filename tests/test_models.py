@@ -164,7 +164,8 @@ def test_file_glob_picks_the_matching_gguf(hub, files):
     assert resolve_model(hf(file="Model.Q4_K_M.gguf")).path.name == "Model.Q4_K_M.gguf"
 
 
-def test_dropped_connection_resumes_with_a_range_request(hub, files, capfd, caplog):
+def test_dropped_connection_resumes_with_a_range_request(hub, files, capfd, caplog, monkeypatch):
+    monkeypatch.setattr("moa_tui.models.RETRY_WAIT", 0.01)
     model = write_gguf(files / "a.gguf", 3 * MiB, seed=3)
     hub.add_repo("owner/repo", {"m-Q4_K_M.gguf": model})
     hub.drop_after["m-Q4_K_M.gguf"] = MiB + MiB // 2
@@ -172,13 +173,14 @@ def test_dropped_connection_resumes_with_a_range_request(hub, files, capfd, capl
     resolved = resolve_model(hf(quant="Q4_K_M"))
 
     assert resolved.path.read_bytes() == model.read_bytes()
-    assert hub.file_requests("m-Q4_K_M.gguf") == 2  # the cut one and the resumed one
-    # huggingface_hub's retry warning reaches the log handlers, not the terminal (it would draw over the TUI)
-    assert any("Trying to resume download" in r.getMessage() for r in caplog.records)
+    assert hub.file_ranges("m-Q4_K_M.gguf") == [None, f"bytes={MiB + MiB // 2}-"]  # the cut one, the resumed one
+    assert hub.served["m-Q4_K_M.gguf"] == 3 * MiB  # no byte sent twice
+    # the retry warning reaches the log handlers, not the terminal (it would draw over the TUI)
+    assert any("resuming" in r.getMessage() for r in caplog.records if r.name == "moa_tui.models")
     assert capfd.readouterr().err == ""
 
 
-def test_cancel_stops_the_download_and_leaves_nothing_behind(hub, files, tmp_path):
+def test_cancel_stops_the_download_and_keeps_only_a_partial_file(hub, files, tmp_path):
     hub.add_repo("owner/repo", {"m-Q4_K_M.gguf": write_gguf(files / "a.gguf", 16 * MiB)})
     hub.throttle = 0.01  # about 2.5 s for the whole file
     progress = Recorder()
@@ -188,7 +190,9 @@ def test_cancel_stops_the_download_and_leaves_nothing_behind(hub, files, tmp_pat
         resolve_model(hf(quant="Q4_K_M"), on_progress=progress, cancel=lambda: any(c[1] > 0 for c in progress.calls))
 
     assert time.monotonic() - started < 2.0
-    assert blobs(tmp_path / "hf-cache") == []
+    kept = blobs(tmp_path / "hf-cache")
+    assert [p.suffix for p in kept] == [".moa-partial"]  # for the next run to continue; never a finished blob
+    assert 0 < kept[0].stat().st_size < 16 * MiB
     assert not local_status(hf(quant="Q4_K_M")).on_disk
 
 
@@ -210,7 +214,7 @@ def test_parallel_resolves_of_one_model_download_it_once(hub, files):
     for thread in threads:
         thread.join()
     assert len(set(results)) == 1 and len(results) == 3
-    assert hub.file_requests("m-Q4_K_M.gguf") == 1  # huggingface_hub's file lock
+    assert hub.file_requests("m-Q4_K_M.gguf") == 1  # the lock per blob
 
 
 # -- hf: choosing the file --------------------------------------------------------------------------
@@ -314,22 +318,24 @@ def test_unreachable_hub_fails_fast_with_advice(hub, monkeypatch):
 
 
 def test_network_failure_during_the_download(hub, files, monkeypatch):
-    """The listing worked, then hf_hub_download lost the network: it raises LocalEntryNotFoundError
-    from the ConnectError (after its own ~25 s of retries, skipped here)."""
+    """The listing worked, then the file's metadata request lost the network: retried with backoff
+    (shortened here), then the same advice as an unreachable hub, and nothing downloaded."""
     import httpx2
     import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
 
     def no_network(*args, **kwargs):
-        try:
-            raise httpx2.ConnectError("[Errno 111] Connection refused")
-        except httpx2.ConnectError as exc:
-            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub") from exc
+        calls.append(args)
+        raise httpx2.ConnectError("[Errno 111] Connection refused")
 
     hub.add_repo("owner/repo", {"m-Q4_K_M.gguf": write_gguf(files / "a.gguf", 10)})
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_network)
+    monkeypatch.setattr("moa_tui.models.RETRY_WAIT", 0.01)
     with pytest.raises(ModelSourceError, match=r"^m: could not reach the Hugging Face hub .*\(connection refused\)"):
         resolve_model(hf(quant="Q4_K_M"))
+    assert len(calls) == 6  # the first try and DOWNLOAD_RETRIES more
+    assert hub.file_requests("m-Q4_K_M.gguf") == 0
 
 
 # -- hf: offline ------------------------------------------------------------------------------------

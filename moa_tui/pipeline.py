@@ -52,6 +52,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _renamed(error: str, loaded_as: str, model_id: str) -> str:
+    """A model's error with its "<id>: " prefix naming `model_id` (the pool loads a file once, under the
+    id that asked first, and then lends it to every id that uses the same file)."""
+    prefix = f"{loaded_as}: "
+    return f"{model_id}: {error[len(prefix):]}" if loaded_as != model_id and error.startswith(prefix) else error
+
+
 def role_of(layer: int, n_layers: int) -> Role:
     if layer == n_layers - 1:
         return "final"
@@ -206,19 +213,25 @@ class MoAPipeline:
 
         try:
             with self.provider.open(spec, ref, emit, cancel) as model:
-                budget = max(16, model.n_ctx - (spec.settings.max_tokens or 512))
-                fit = fit_to_context(parts, model.count_tokens, budget)
-                notice = fit.notice()
-                if notice:
-                    emit(Notice(f"{spec.id}: {notice}", ref=ref, level="info"))
-                emit(ModelStarted(ref, fit.tokens))
-                result = model.chat(fit.parts.messages(), spec.settings, cancel, on_token)
+                try:
+                    budget = max(16, model.n_ctx - (spec.settings.max_tokens or 512))
+                    fit = fit_to_context(parts, model.count_tokens, budget)
+                    notice = fit.notice()
+                    if notice:
+                        emit(Notice(f"{spec.id}: {notice}", ref=ref, level="info"))
+                    emit(ModelStarted(ref, fit.tokens))
+                    result = model.chat(fit.parts.messages(), spec.settings, cancel, on_token, session=ref.key)
+                except ModelError as exc:  # one loaded model serves several ids: name the one that failed
+                    raise ModelError(_renamed(str(exc), getattr(model, "model_id", spec.id), spec.id)) from exc
             answer.text = result.text
             answer.stats = result.stats
             answer.status = "cancelled" if result.cancelled else "done"
             emit(ModelFinished(ref, result.text, result.stats, answer.status))
         except ModelError as exc:
-            self._fail(answer, str(exc), text_parts, ref, emit)
+            if cancel.cancelled:  # stopped by the user while downloading, loading or generating: not a fault
+                self._stopped(answer, text_parts, ref, emit)
+            else:
+                self._fail(answer, str(exc), text_parts, ref, emit)
         except Exception as exc:  # a bug or an unexpected library error: the turn goes on
             self._fail(answer, f"{spec.id}: unexpected error: {type(exc).__name__}: {exc}", text_parts, ref, emit)
         finally:
@@ -226,6 +239,13 @@ class MoAPipeline:
             answer.model_file, answer.model_file_size = info.path, info.size
             outcomes.append(answer)
             emit(_Done(_kind(spec)))
+
+    @staticmethod
+    def _stopped(answer: ModelAnswer, text_parts: list[str], ref: ModelRef, emit) -> None:
+        answer.status = "cancelled"
+        answer.text = "".join(text_parts)
+        answer.stats = GenerationStats(generated_tokens=len(text_parts), finish_reason="cancelled")
+        emit(ModelFinished(ref, answer.text, answer.stats, "cancelled"))
 
     @staticmethod
     def _fail(answer: ModelAnswer, error: str, text_parts: list[str], ref: ModelRef, emit) -> None:

@@ -43,9 +43,9 @@ class RecordingLoader:
         self.loads.append(path)
         original = model.chat
 
-        def chat(messages, settings, cancel, on_token):
+        def chat(messages, settings, cancel, on_token, **kwargs):
             self.calls.setdefault(threading.current_thread().name, []).append(messages)
-            return original(messages, settings, cancel, on_token)
+            return original(messages, settings, cancel, on_token, **kwargs)
 
         model.chat = chat
         return model

@@ -68,8 +68,16 @@ class ChatModel(Protocol):
         settings: ModelSettings,
         cancel: CancelToken,
         on_token: TokenCallback,
+        *,
+        session: str | None = None,
     ) -> ChatResult:
-        """Stream an answer to `messages`; returns when done, stopped or cancelled."""
+        """Stream an answer to `messages`; returns when done, stopped or cancelled.
+
+        `session` names the role the call is for (the pipeline passes the pane's `ModelRef.key`). One
+        loaded model may serve several roles; a backend that keeps state between calls (llama.cpp's KV
+        cache) keeps it per session so each role continues from its own prompt prefix. Backends
+        without such state accept and ignore it.
+        """
         ...
 
     def close(self) -> None: ...

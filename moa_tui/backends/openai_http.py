@@ -327,7 +327,10 @@ class RemoteChatModel:
         settings: ModelSettings,
         cancel: CancelToken,
         on_token: TokenCallback,
+        *,
+        session: str | None = None,
     ) -> ChatResult:
+        # `session` is ignored: the server keeps (or not) its own prompt cache; nothing is held here.
         if self._closed:
             raise self._fail("the model was already released")
         stream = _Stream(started=time.perf_counter())

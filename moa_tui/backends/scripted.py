@@ -45,14 +45,23 @@ class _RunningScript:
         self.n_ctx = n_ctx
         self.notices = list(script.notices)
         self.calls: list[list[Message]] = []
+        self.sessions: list[str | None] = []  # the `session` of each call, in order
 
     def count_tokens(self, messages: list[Message]) -> int:
         return sum(len(m.content.split()) + 4 for m in messages)
 
     def chat(
-        self, messages: list[Message], settings: ModelSettings, cancel: CancelToken, on_token: TokenCallback
+        self,
+        messages: list[Message],
+        settings: ModelSettings,
+        cancel: CancelToken,
+        on_token: TokenCallback,
+        *,
+        session: str | None = None,
     ) -> ChatResult:
+        """Play the script. `session` is recorded only: a script has no cache to keep per role."""
         self.calls.append(messages)
+        self.sessions.append(session)
         script = self.script
         user = messages[-1].content if messages else ""
         tokens = script.tokens or split_tokens((script.text or "Answer from {id}.").format_map(

@@ -81,6 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate models.yaml without loading models (same as --check-config)")
     _common(check, pipeline=False, offline=False)
 
+    plan = sub.add_parser("plan", help="show where each model runs: size, KV cache, RAM or GPU, resident or swapped",
+                          description="The residency plan for a pipeline: which models stay loaded, which are "
+                                      "loaded per layer and released, and how many layers go to the GPU, "
+                                      "against the memory budget (`memory:` in models.yaml, else what is free).")
+    _common(plan, offline=False)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    probe = sub.add_parser("probe", help="try models as proposer and as aggregator to choose their layers",
+                           description="Run each model as a proposer on a few prompts, then as an aggregator "
+                                       "over the other models' answers; write a JSON report and print a summary.")
+    probe.add_argument("model_ids", nargs="+", metavar="MODEL_ID", help="model ids from models.yaml (any pipeline)")
+    _common(probe)
+    probe.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: a built-in set)")
+    probe.add_argument("--json", metavar="OUT", help="where to write the JSON report (default: in the data folder)")
+
+    evaluate = sub.add_parser("eval", help="score a pipeline against each of its models alone on a dataset",
+                              description="Run a JSONL dataset through the pipeline and, as baselines, every "
+                                          "single model of it alone (and the self-moa pipeline where configured); "
+                                          "print accuracy, mean latency and tokens per system.")
+    evaluate.add_argument("dataset", help="JSONL file, or 'builtin' for the dataset shipped with moa-tui")
+    _common(evaluate)
+    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+
     transcripts = sub.add_parser("transcripts", help="list saved conversations")
     transcripts.add_argument("--export", metavar="TRANSCRIPT", help="write this conversation as Markdown")
     return parser
@@ -360,9 +384,30 @@ def cmd_chat(args) -> int:
     return run_app(config, args.pipeline, offline=_offline(args), resume=resume)
 
 
+def cmd_plan(args) -> int:
+    from .plan_command import run_plan
+
+    config, _ = _load_config(args.config)
+    return run_plan(args, config)
+
+
+def cmd_probe(args) -> int:
+    from .probe import run_probe
+
+    config, _ = _load_config(args.config)
+    return run_probe(args, config)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import run_eval
+
+    config, _ = _load_config(args.config)
+    return run_eval(args, config)
+
+
 COMMANDS = {
-    "ask": cmd_ask, "pull": cmd_pull, "models": cmd_models, "check": cmd_check,
-    "transcripts": cmd_transcripts, "chat": cmd_chat, None: cmd_chat,
+    "ask": cmd_ask, "pull": cmd_pull, "models": cmd_models, "check": cmd_check, "plan": cmd_plan,
+    "probe": cmd_probe, "eval": cmd_eval, "transcripts": cmd_transcripts, "chat": cmd_chat, None: cmd_chat,
 }
 
 
@@ -382,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `moa plan | head`: the reader left; not an error worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return EXIT_FAILED
     except _transcript_error() as exc:
         _err(f"error: {exc}")
         return EXIT_USAGE

@@ -81,6 +81,9 @@ class MoAPipeline:
         self.config = config
         self.pipeline: Pipeline = config.pipeline(pipeline_name)
         self.provider: ModelProvider = provider or LocalModelPool(offline=offline)
+        prepare = getattr(self.provider, "prepare", None)  # the pool plans memory for this pipeline
+        if callable(prepare):
+            prepare(self.pipeline, config.memory)
         self.offline = offline
         self.save_dir = save_dir
         self.save = save
@@ -156,8 +159,13 @@ class MoAPipeline:
                 cancel.cancel()
                 for worker in workers:
                     worker.join()
-                if layer_open:
-                    turn.layers.append(self._layer_answers(outcomes))
+                if layer_open:  # the models of this layer that never started are cancelled too
+                    started = {a.index for a in outcomes}
+                    never = [self._answer(ref, spec, "cancelled")
+                             for ref, spec in zip(refs[li], self.pipeline.layers[li].models, strict=True)
+                             if ref.index not in started]
+                    turn.layers.append(self._layer_answers([*outcomes, *never]))
+                    self._layer_done(li)
                 self._finish_turn(turn, cancel)
                 self._save(conversation, turn)
 
@@ -201,6 +209,13 @@ class MoAPipeline:
                 running[item.kind] -= 1
                 continue
             yield item
+        self._layer_done(li)
+
+    def _layer_done(self, li: int) -> None:
+        """Tell the provider a layer is over, so it releases the models the memory plan loads per layer."""
+        done = getattr(self.provider, "layer_done", None)  # providers from before memory planning lack it
+        if callable(done):
+            done(li)
 
     def _model_worker(self, ref, spec, parts, cancel, events, outcomes) -> None:
         emit = events.put

@@ -3,24 +3,35 @@
 The original project reloaded every model for every query; here a loaded model stays in the pool
 and is reused across layers, roles and turns. A lock per model serializes its use, so a model is
 never used by two threads at once, and never closed while a thread still holds it.
+
+When the pipeline's models do not fit in memory together, the pool follows the memory plan
+(planner.py): *swapped* models are loaded when their layer needs them and released after their last
+use in that layer (or at the latest when the pipeline says the layer is done), `n_gpu_layers: auto`
+becomes the planned layer count, and models running at once in a parallel layer share the CPU cores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from ..config import EndpointSource, ModelSettings, ModelSpec
+from ..config import EndpointSource, MemoryBudget, ModelSettings, ModelSpec, Pipeline
 from ..events import DownloadProgress, Event, ModelLoading, ModelRef, Notice
+from ..planner import LOAD_KEYS, load_settings
 from .base import CancelToken, ChatModel, ModelError
 
-Emit = Callable[[Event], None]
+if TYPE_CHECKING:
+    from ..planner import Budget, ModelPlan, Plan
 
-# Settings that change how the model is loaded; generation settings may differ per role.
-LOAD_KEYS = ("n_ctx", "n_gpu_layers", "n_threads", "n_batch", "flash_attn", "chat_format")
+Emit = Callable[[Event], None]
+log = logging.getLogger(__name__)
+
+__all__ = ["LOAD_KEYS", "Emit", "LocalModelPool", "ModelFileInfo", "ModelProvider", "load_key", "set_threads"]
 
 
 @dataclass
@@ -43,6 +54,10 @@ class ModelProvider(Protocol):
         """Descriptions of models that are not on disk (nothing is downloaded)."""
         ...
 
+    def layer_done(self, layer: int) -> None:
+        """Layer `layer` of the turn is over (every model of it returned): release what it loaded for itself."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -50,17 +65,49 @@ class ModelProvider(Protocol):
 class _Entry:
     model: ChatModel
     lock: threading.Lock
+    key: tuple = ()
     told: bool = False  # its notices were shown
+    swapped: bool = False  # the plan loads it per layer: released after its last use in a layer
+    closed: bool = False  # released; a thread that waited for its lock must load it again
+    uses_left: dict[int, int] = field(default_factory=dict)  # layer -> uses still to come in it
 
 
 def load_key(path: str, settings: ModelSettings) -> tuple:
-    return (path, *(getattr(settings, k) for k in LOAD_KEYS))
+    return (path, *load_settings(settings))
+
+
+def set_threads(model: ChatModel, n_threads: int) -> bool:
+    """Give a loaded model `n_threads` CPU threads from its next token on, without reloading it.
+
+    llama.cpp reads the thread counts from the context at every decode, and `llama_set_n_threads`
+    changes them in place (Llama(n_threads=...) only sets the first value). A model offering
+    `set_threads` is asked directly; a LlamaChatModel is set through its llama_cpp context.
+    """
+    setter = getattr(model, "set_threads", None)
+    if callable(setter):
+        setter(n_threads)
+        return True
+    ctx = getattr(getattr(model, "_llm", None), "ctx", None)
+    if ctx is None:
+        return False
+    import llama_cpp
+
+    if llama_cpp.llama_n_threads(ctx) != n_threads or llama_cpp.llama_n_threads_batch(ctx) != n_threads:
+        llama_cpp.llama_set_n_threads(ctx, n_threads, n_threads)
+    return True
 
 
 class LocalModelPool:
-    """Loads GGUF files with llama.cpp, resolving sources through models.py."""
+    """Loads GGUF files with llama.cpp, resolving sources through models.py, following the memory plan."""
 
-    def __init__(self, *, offline: bool = False, loader: Callable[..., ChatModel] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        offline: bool = False,
+        loader: Callable[..., ChatModel] | None = None,
+        budget: Budget | None = None,
+    ) -> None:
+        """budget: the memory budget to plan with (default: from `prepare`'s memory settings, else free now)."""
         self.offline = offline
         self._loader = loader
         self._entries: dict[tuple, _Entry] = {}
@@ -69,6 +116,111 @@ class LocalModelPool:
         self._files: dict[str, ModelFileInfo] = {}
         self._told: set[str] = set()  # notices already shown (the GPU one is the same for every model)
         self._closed = False
+        self._budget = budget
+        self._budget_given = budget is not None
+        self._pipeline: Pipeline | None = None
+        self._memory = MemoryBudget()
+        self._plan: Plan | None = None
+        self._plan_lock = threading.Lock()
+        self._plan_failed = False
+        self.loads = 0  # models loaded so far (a swapped model counts once per load)
+        self.releases = 0  # models released before the session ends
+
+    # -- the memory plan ------------------------------------------------------------------------
+
+    def prepare(self, pipeline: Pipeline, memory: MemoryBudget | None = None) -> None:
+        """Plan for `pipeline` from now on. Cheap: the plan is made at the first model needed.
+
+        Lazily, because the files may not be downloaded yet when the pipeline is chosen.
+        """
+        memory = memory or MemoryBudget()
+        with self._plan_lock:
+            if memory != self._memory and not self._budget_given:
+                self._budget = None  # other `memory:` settings: measure again
+            self._pipeline = pipeline
+            self._memory = memory
+            self._plan = None
+            self._plan_failed = False
+
+    def current_plan(self) -> Plan | None:
+        """The plan the pool follows (made now if needed); None when no pipeline was prepared."""
+        with self._plan_lock:
+            if self._pipeline is None:
+                return None
+            if self._plan is None and not self._plan_failed:
+                from ..planner import model_sizes, plan
+
+                paths = {spec_id: info.path for spec_id, info in self._files.items() if info.path}
+                try:
+                    self._plan = plan(self._pipeline, model_sizes(self._pipeline, paths), self._fixed_budget())
+                except Exception:  # the plan is advice: without one every model stays loaded, as before
+                    log.exception("memory planning failed for pipeline %r", self._pipeline.name)
+                    self._plan_failed = True
+            return self._plan
+
+    def _fixed_budget(self) -> Budget:
+        """The budget, measured once: later, free memory no longer counts the models loaded by then."""
+        if self._budget is None:
+            from ..planner import detect_budget
+
+            self._budget = detect_budget(self._memory)
+        return self._budget
+
+    def _decision(self, spec: ModelSpec) -> ModelPlan | None:
+        """The plan's entry for this spec, or None (no plan, or a spec of another pipeline)."""
+        plan = self.current_plan()
+        model = plan.for_spec(spec.id) if plan is not None else None
+        if model is None or model.load != load_settings(spec.settings):
+            return None
+        return model
+
+    def _replan_if_unknown(self, spec: ModelSpec) -> None:
+        """A model planned with an unknown size (not downloaded then) is on disk now: plan again."""
+        with self._plan_lock:
+            plan = self._plan
+        model = plan.for_spec(spec.id) if plan is not None else None
+        if model is not None and model.size is None and not model.remote:
+            with self._plan_lock:
+                if self._plan is plan:
+                    self._plan = None
+
+    def _gpu_layers(self, spec: ModelSpec, path: str, decision: ModelPlan | None) -> int | str | None:
+        """n_gpu_layers to load with: `auto` becomes the planned layer count (0 without GPU offload)."""
+        setting = spec.settings.n_gpu_layers
+        if setting != "auto":
+            return setting
+        if decision is not None and decision.size is not None:
+            return decision.n_gpu_layers
+        from ..planner import ModelSize, plan, solo_pipeline
+
+        try:
+            size = ModelSize.of_file(path, spec.settings)
+        except Exception:  # the preflight check names the problem with the file
+            return 0
+        solo = plan(solo_pipeline(spec), {spec.id: size}, self._fixed_budget())
+        return solo.models[0].n_gpu_layers or 0
+
+    def layer_done(self, layer: int) -> None:
+        """Release every swapped model still loaded: nothing loaded per layer outlives its layer."""
+        with self._guard:
+            doomed = [entry for entry in self._entries.values() if entry.swapped]
+        for entry in doomed:
+            self._release(entry)
+
+    def _release(self, entry: _Entry) -> None:
+        """Take the model out of the pool and close it once no thread uses it (its lock is free)."""
+        with self._guard:
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+        with entry.lock:
+            if entry.closed:
+                return
+            entry.closed = True
+            entry.model.close()
+        with self._guard:
+            self.releases += 1
+
+    # -- loading --------------------------------------------------------------------------------
 
     def _resolve(self, spec: ModelSpec, ref: ModelRef | None, emit: Emit, cancel: CancelToken) -> str:
         from ..models import ModelSourceError, is_local_source, resolve_model
@@ -87,34 +239,40 @@ class LocalModelPool:
         self._files[spec.id] = ModelFileInfo(str(resolved.path), resolved.size, spec.source.describe())
         return str(resolved.path)
 
-    def _load(self, spec: ModelSpec, path: str) -> ChatModel:
+    def _load(self, spec: ModelSpec, path: str, decision: ModelPlan | None) -> ChatModel:
         if isinstance(spec.source, EndpointSource):
             from .openai_http import open_remote
 
             return open_remote(spec)
-        self._preflight(spec, path)
+        settings = spec.settings
+        gpu_layers = self._gpu_layers(spec, path, decision)
+        if gpu_layers != settings.n_gpu_layers:
+            settings = dataclasses.replace(settings, n_gpu_layers=gpu_layers)
+        self._preflight(spec.id, settings, path)
+        with self._guard:
+            self.loads += 1
         if self._loader is not None:
-            return self._loader(spec.id, path, spec.settings)
+            return self._loader(spec.id, path, settings)
         from .llama import LlamaChatModel
 
-        return LlamaChatModel(spec.id, path, spec.settings)
+        return LlamaChatModel(spec.id, path, settings)
 
     @staticmethod
-    def _preflight(spec: ModelSpec, path: str) -> None:
+    def _preflight(model_id: str, settings: ModelSettings, path: str) -> None:
         """Refuse a broken, hostile or too-big GGUF with a clear message before llama.cpp touches it."""
         from ..gguf_info import GGUFError, preflight
 
-        settings = spec.settings
         on_gpu = settings.n_gpu_layers != 0 and _gpu_offload()
         try:
             # With GPU offload the weights go to VRAM, which free RAM says nothing about.
-            preflight(spec.id, path, settings.n_ctx or 4096, n_batch=settings.n_batch or 512,
+            preflight(model_id, path, settings.n_ctx or 4096, n_batch=settings.n_batch or 512,
                       flash_attn=bool(settings.flash_attn), check_memory=not on_gpu)
         except GGUFError as exc:
             raise ModelError(str(exc)) from exc
 
     def _entry(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> _Entry:
         path = self._resolve(spec, ref, emit, cancel)
+        self._replan_if_unknown(spec)
         key = load_key(path, spec.settings)
         with self._guard:
             if self._closed:
@@ -128,24 +286,62 @@ class LocalModelPool:
                 entry = self._entries.get(key)
             if entry is not None:
                 return entry
+            decision = self._decision(spec)
             emit(ModelLoading(ref, path))
-            model = self._load(spec, path)
-            entry = _Entry(model=model, lock=threading.Lock())
+            model = self._load(spec, path, decision)
+            swapped = decision is not None and not decision.resident and not decision.remote
+            entry = _Entry(model=model, lock=threading.Lock(), key=key, swapped=swapped)
             with self._guard:
                 self._entries[key] = entry
+            if swapped:
+                self._tell_swapped(spec, ref, emit)
             return entry
+
+    def _tell_swapped(self, spec: ModelSpec, ref: ModelRef, emit: Emit) -> None:
+        message = (f"{spec.base_id}: loaded for its layer only and released after it: the pipeline's models "
+                   "do not fit in the memory budget together (see 'moa plan')")
+        if message not in self._told:
+            self._told.add(message)
+            emit(Notice(message, ref=ref, level="info"))
+
+    def _acquire(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> _Entry:
+        """A loaded model with its lock held; one released while we waited for its lock is loaded again."""
+        while True:
+            entry = self._entry(spec, ref, emit, cancel)
+            if not entry.told:
+                entry.told = True
+                for message in entry.model.notices:
+                    if message not in self._told:
+                        self._told.add(message)
+                        emit(Notice(message, ref=ref))
+            entry.lock.acquire()
+            if not entry.closed:
+                return entry
+            entry.lock.release()
 
     @contextlib.contextmanager
     def open(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> Iterator[ChatModel]:
-        entry = self._entry(spec, ref, emit, cancel)
-        if not entry.told:
-            entry.told = True
-            for message in entry.model.notices:
-                if message not in self._told:
-                    self._told.add(message)
-                    emit(Notice(message, ref=ref))
-        with entry.lock:
+        entry = self._acquire(spec, ref, emit, cancel)
+        decision = self._decision(spec)
+        try:
+            threads = decision.threads.get(ref.layer) if decision is not None else None
+            if threads:
+                set_threads(entry.model, threads)
             yield entry.model
+        finally:
+            entry.lock.release()
+            if entry.swapped and decision is not None:
+                self._used(entry, ref.layer, decision)
+
+    def _used(self, entry: _Entry, layer: int, decision: ModelPlan) -> None:
+        """A swapped model finished one use in `layer`: release it after the last one."""
+        with self._guard:
+            left = entry.uses_left.get(layer, decision.uses.get(layer, 1)) - 1
+            entry.uses_left[layer] = left
+        if left <= 0:
+            self._release(entry)
+
+    # -- information ----------------------------------------------------------------------------
 
     def file_info(self, spec: ModelSpec) -> ModelFileInfo:
         known = self._files.get(spec.id)
@@ -178,7 +374,9 @@ class LocalModelPool:
             entries, self._entries = list(self._entries.values()), {}
         for entry in entries:
             with entry.lock:
-                entry.model.close()
+                if not entry.closed:
+                    entry.closed = True
+                    entry.model.close()
 
 
 def _gpu_offload() -> bool:

@@ -113,6 +113,7 @@ class ScriptedProvider:
         self.models: dict[str, _RunningScript] = {}
         self._missing = missing or []
         self.closed = False
+        self.layers_done: list[int] = []  # layer_done() calls, in order
 
     @contextlib.contextmanager
     def open(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> Iterator[_RunningScript]:
@@ -140,6 +141,10 @@ class ScriptedProvider:
 
     def missing_models(self, specs: list[ModelSpec]) -> list[str]:
         return [f"{s.id} ({s.source.describe()})" for s in specs if s.id in self._missing]
+
+    def layer_done(self, layer: int) -> None:
+        """Recorded only: scripted models take no memory worth releasing."""
+        self.layers_done.append(layer)
 
     def close(self) -> None:
         self.closed = True

@@ -496,11 +496,15 @@ def resolve_transcript(arg: str) -> Path:
     text = arg.strip()
     if not text:
         raise ValueError("no transcript given")
+    shown = _shown(text)
     candidate = Path(text).expanduser()
-    if candidate.is_file():
-        return candidate
-    if candidate.is_dir():
-        raise ValueError(f"{candidate} is a folder, not a transcript file")
+    try:
+        if candidate.is_file():
+            return candidate
+        if candidate.is_dir():
+            raise ValueError(f"{_shown(str(candidate))} is a folder, not a transcript file")
+    except OSError as exc:  # a name too long for the file system, a folder on the way that cannot be read
+        raise FileNotFoundError(f"no transcript '{shown}': {exc.strerror or exc}") from None
     folder = _transcripts_path()
     stem = text.removesuffix(".json")
     if is_safe_id(stem) and folder.is_dir():
@@ -511,9 +515,15 @@ def resolve_transcript(arg: str) -> Path:
         if len(matches) == 1:
             return matches[0]
         if matches:
-            shown = ", ".join(p.stem for p in matches[:5]) + (", ..." if len(matches) > 5 else "")
-            raise ValueError(f"'{text}' matches {len(matches)} transcripts ({shown}): give more of the id")
-    raise FileNotFoundError(f"no transcript '{text}': not a file, and no such id in {folder} (see 'moa transcripts')")
+            listed = ", ".join(p.stem for p in matches[:5]) + (", ..." if len(matches) > 5 else "")
+            raise ValueError(f"'{shown}' matches {len(matches)} transcripts ({listed}): give more of the id")
+    raise FileNotFoundError(f"no transcript '{shown}': not a file, and no such id in {folder} (see 'moa transcripts')")
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A name the user typed, fit for one line of an error message: no control characters, not too long."""
+    line = "".join(ch if unicodedata.category(ch) != "Cc" else repr(ch)[1:-1] for ch in name)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 # -- Markdown export ------------------------------------------------------------------------------

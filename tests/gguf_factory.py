@@ -110,3 +110,78 @@ def copy_prefix(source: Path, target: Path, n_bytes: int) -> Path:
                 break
             left -= sent
     return target
+
+
+# -- a tiny llama that llama.cpp loads and runs (random weights: it writes gibberish) ---------------
+
+_WORDS = ["▁the", "▁a", "▁cat", "▁dog", "▁is", "▁on", "▁mat", "▁hello", "▁world", "▁yes", "▁no", "."]
+
+
+def write_loadable_llama(
+    path: Path,
+    *,
+    chat_template: str | None = TINY_TEMPLATE,
+    n_layers: int = 1,
+    n_embd: int = 32,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 64,
+    context_length: int = 512,
+    seed: int = 0,
+) -> Path:
+    """A complete llama-architecture GGUF (about 150 KB) with a SentencePiece vocabulary of every
+    byte plus a few words: llama.cpp loads it, tokenizes any text and generates (gibberish) with it.
+
+    `chat_template` goes into `tokenizer.chat_template` verbatim, so a test can hand moa any template.
+    """
+    specials = [("<unk>", 2), ("<s>", 3), ("</s>", 3)]
+    tokens = [t for t, _ in specials] + [f"<0x{b:02X}>" for b in range(256)] + _WORDS
+    types = [k for _, k in specials] + [6] * 256 + [1] * len(_WORDS)
+    scores = [0.0] * (len(specials) + 256) + [-float(i) for i in range(len(_WORDS))]
+    vocab = len(tokens)
+    head_dim = n_embd // n_head
+    n_embd_kv = head_dim * n_head_kv
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer = GGUFWriter(path, "llama")
+    writer.add_name("tiny-loadable-test")
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(0)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    writer.add_tensor("token_embd.weight", weights(vocab, n_embd))
+    writer.add_tensor("output_norm.weight", np.ones((n_embd,), dtype=np.float32))
+    writer.add_tensor("output.weight", weights(vocab, n_embd))
+    for i in range(n_layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones((n_embd,), dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weights(n_embd, n_embd))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weights(n_embd_kv, n_embd))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weights(n_embd_kv, n_embd))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weights(n_embd, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones((n_embd,), dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(n_embd, n_ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -3,17 +3,29 @@
 Formatting the prompt ourselves (instead of create_chat_completion) lets the backend stream with
 raw `generate()`. System messages are never lost: templates that reject them, or that silently
 drop them (Gemma), get the system text folded into the first user turn.
+
+A chat template comes from the model file, so it is untrusted code. It runs in Jinja's
+ImmutableSandboxedEnvironment (no attribute tricks, no `open`, no mutation), as in llama-cpp-python,
+and on top of that within a time limit and with huge repetitions refused: otherwise a template such
+as two nested `range(100000)` loops would hang its model thread, and Ctrl+C, which waits for that
+thread, with it.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .base import Message, ModelError
 
 FALLBACK_FORMAT = "chatml"
+TEMPLATE_TIME_LIMIT = 2.0  # seconds one rendering may take; real templates need about a millisecond
+TEMPLATE_SIZE_LIMIT = 10_000_000  # the longest text or list (and largest number) a template may build or pass
+TEMPLATE_OUTPUT_SLACK = 100_000  # characters a prompt may have beyond twice the messages' own text
 
 
 @dataclass
@@ -86,12 +98,12 @@ class PromptFormatter:
             self.always_fold = chat_format.startswith("gemma")
             self.description = f"chat_format {chat_format}"
         elif template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
             try:
-                self._jinja = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
-            except Exception as exc:  # a broken template from the GGUF's metadata
-                raise ModelError(f"{model_id}: the chat template in the model file is invalid: {exc}") from exc
+                self._jinja = _GuardedJinjaFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
+            except Exception as exc:  # a broken or hostile template from the GGUF's metadata
+                raise ModelError(
+                    f"{model_id}: the chat template in the model file is invalid: {_reason(exc)}"
+                ) from exc
             self.description = "the model's own chat template"
         else:
             self._named = named_formats()[FALLBACK_FORMAT]
@@ -120,7 +132,13 @@ class PromptFormatter:
         if not folded and system and system.strip() not in result.prompt:
             # The template dropped the system message without saying so: keep it anyway.
             folded = True
-            result = self._render(fold_system(messages))
+            try:
+                result = self._render(fold_system(messages))
+            except Exception as exc:
+                raise self._render_error(exc) from exc
+        if not result.prompt.strip():  # llama.cpp cannot start from nothing (an assertion deep inside)
+            raise ModelError(f"{self.model_id}: {self.description} produced an empty prompt; set chat_format "
+                             f"in models.yaml to use a built-in format instead")
         stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return FormattedPrompt(
             text=result.prompt,
@@ -142,6 +160,167 @@ class PromptFormatter:
         if isinstance(exc, SecurityError):
             return ModelError(
                 f"{self.model_id}: the model's chat template tried an unsafe operation and was stopped "
-                f"({exc}); set chat_format in models.yaml to use a built-in format instead"
+                f"({_reason(exc)}); set chat_format in models.yaml to use a built-in format instead"
             )
-        return ModelError(f"{self.model_id}: could not format the prompt with {self.description}: {exc}")
+        return ModelError(f"{self.model_id}: could not format the prompt with {self.description}: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a few words on one line (MemoryError and friends have no message)."""
+    text = " ".join(str(exc).split()).rstrip(".")
+    return text or type(exc).__name__
+
+
+class _GuardedJinjaFormatter:
+    """llama-cpp-python's Jinja2ChatFormatter (same sandbox, options and variables), plus limits.
+
+    Rendering runs under a line tracer, confined to the template's own code, that stops it after
+    TEMPLATE_TIME_LIMIT seconds; `*`, `**`, calls, filters and lookups refuse values beyond
+    TEMPLATE_SIZE_LIMIT, and a prompt far longer than the messages is refused.
+    """
+
+    def __init__(self, *, template: str, eos_token: str, bos_token: str) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.eos_token = eos_token
+        self.bos_token = bos_token
+        generation_tags = getattr(Jinja2ChatFormatter, "IgnoreGenerationTags", None)  # {% generation %}
+        environment = _bounded_sandbox()(
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=[*([generation_tags] if generation_tags else []), "jinja2.ext.loopcontrols"],
+        )
+        environment.set_filter("tojson", Jinja2ChatFormatter.tojson)  # Transformers' JSON rendering
+        self._strftime_now = Jinja2ChatFormatter.strftime_now
+        self._template = _with_time_limit(lambda: environment.from_string(template))
+
+    def __call__(self, *, messages: list[dict]) -> Any:
+        from llama_cpp.llama_chat_format import ChatFormatterResponse
+
+        def raise_exception(message: str) -> None:
+            raise ValueError(message)
+
+        prompt = _with_time_limit(lambda: self._template.render(
+            messages=messages, eos_token=self.eos_token, bos_token=self.bos_token,
+            raise_exception=raise_exception, add_generation_prompt=True, functions=None, function_call=None,
+            tools=None, tool_choice=None, strftime_now=self._strftime_now,
+        ))
+        given = sum(len(str(m.get("content") or "")) for m in messages)
+        if len(prompt) > 2 * given + TEMPLATE_OUTPUT_SLACK:  # llama.cpp would spend minutes tokenizing it
+            from jinja2.exceptions import SecurityError
+
+            raise SecurityError(f"it wrote {len(prompt):,} characters for {given:,} characters of messages")
+        return ChatFormatterResponse(prompt=prompt, stop=[self.eos_token], added_special=True)
+
+
+def _with_time_limit(work: Callable[[], Any]) -> Any:
+    """Run `work`, raising SecurityError inside Jinja code that is still running after the time limit."""
+    from jinja2.exceptions import SecurityError
+
+    deadline = time.monotonic() + TEMPLATE_TIME_LIMIT
+
+    def in_template(frame, event, arg):  # every line (and loop turn) of the template's compiled code
+        if time.monotonic() > deadline:
+            raise SecurityError(f"rendering ran for more than {TEMPLATE_TIME_LIMIT:g} s")
+        return in_template
+
+    def on_call(frame, event, arg):
+        return in_template if frame.f_code.co_filename == "<template>" else None
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        return work()
+    finally:
+        sys.settrace(previous)
+
+
+def _weight(value: Any, limit: int = TEMPLATE_SIZE_LIMIT) -> int:
+    """A value's size, counted until it passes `limit`: a number by its magnitude, text by its length, a
+    list or mapping by its items and their own weight (so `[x, x]` doublings count in full)."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            total += max(1, abs(item))
+        elif isinstance(item, (str, bytes)):
+            total += max(1, len(item))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += 1
+            stack.extend(item)
+        elif isinstance(item, dict):
+            total += 1
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            total += 1
+    return total
+
+
+def _too_big(value: Any) -> bool:
+    return _weight(value) > TEMPLATE_SIZE_LIMIT
+
+
+_SANDBOX: type | None = None
+
+
+def _bounded_sandbox() -> type:
+    """ImmutableSandboxedEnvironment that refuses to build or pass on huge values."""
+    global _SANDBOX
+    if _SANDBOX is not None:
+        return _SANDBOX
+    import functools
+
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def refuse_big(value: Any, what: str) -> Any:
+        if _too_big(value):
+            raise SecurityError(f"{what} bigger than {TEMPLATE_SIZE_LIMIT:,} was refused")
+        return value
+
+    def guarded(name: str, function: Callable) -> Callable:
+        @functools.wraps(function)  # keeps Jinja's pass_context / pass_eval_context marks
+        def filter_(*args: Any, **kwargs: Any) -> Any:
+            for value in (*args, *kwargs.values()):
+                refuse_big(value, f"the '{name}' filter with a value")
+            return refuse_big(function(*args, **kwargs), f"the '{name}' filter's result")
+
+        return filter_
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.filters = {name: guarded(name, f) for name, f in self.filters.items()}
+
+        def set_filter(self, name: str, function: Callable) -> None:
+            self.filters[name] = guarded(name, function)
+
+        def call_binop(self, context, operator, left, right):
+            sequences = (str, list, tuple)
+            if operator == "*" and (isinstance(left, sequences) or isinstance(right, sequences)):
+                count, items = (right, left) if isinstance(left, sequences) else (left, right)
+                if isinstance(count, int) and not isinstance(count, bool) and count * _weight(items) > \
+                        TEMPLATE_SIZE_LIMIT:
+                    raise SecurityError(f"repeating a value {count:,} times was refused")
+            if operator == "**" and isinstance(right, (int, float)) and not isinstance(right, bool) and (
+                    right > 64 or _too_big(left)):
+                raise SecurityError("a power that big was refused")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's own argument names)
+            for value in (*args, *kwargs.values()):
+                refuse_big(value, "a call with a value")
+            return refuse_big(super().call(__context, __obj, *args, **kwargs), "a call's result")
+
+        def getattr(self, obj, attribute):
+            return refuse_big(super().getattr(obj, attribute), "a value")
+
+        def getitem(self, obj, argument):
+            return refuse_big(super().getitem(obj, argument), "a value")
+
+    _SANDBOX = BoundedSandbox
+    return _SANDBOX

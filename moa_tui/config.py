@@ -489,6 +489,7 @@ SOURCE_KEYS = {
 SOURCE_EXAMPLE = "{hf: owner/repo, quant: Q4_K_M}"
 SOURCE_HINT = " (like {hf: owner/repo, quant: Q4_K_M} or {path: model.gguf})"
 _HF_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -544,7 +545,7 @@ def _hf_source(data: dict, where: str) -> HFSource:
         raise _Invalid(where, "give either 'quant' or 'file' for an hf source, not both")
     if not (quant or file):
         raise _Invalid(where, "an hf source needs 'quant' (like Q4_K_M) or 'file' (a .gguf name or glob)")
-    return HFSource(repo, quant=quant, file=file, revision=_get(data, "revision", where, _text))
+    return HFSource(repo, quant=quant, file=file, revision=_get(data, "revision", where, _revision))
 
 
 def _path_source(data: dict, where: str, base: Path) -> PathSource:
@@ -552,9 +553,24 @@ def _path_source(data: dict, where: str, base: Path) -> PathSource:
     return PathSource((base / raw).resolve())
 
 
+def _revision(value: Any) -> str:
+    """A branch, tag or commit: it names a file under the cache's refs/, so no '..' and no leading '/'."""
+    revision = _text(value)
+    if not _REVISION.fullmatch(revision):
+        raise ValueError(f"expected a branch, tag or commit name like 'main' or 'refs/pr/1', got {_show(value)}")
+    return revision
+
+
+def _package_file_name(value: Any) -> str:
+    name = _text(value)
+    if name.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", name):
+        raise ValueError(f"expected a file name inside the package (no absolute path, no '..'), got {_show(value)}")
+    return name
+
+
 def _package_source(data: dict, where: str) -> PackageSource:
     package = _get(data, "package", where, _module_name)
-    return PackageSource(package, _checked(_required(data, "file", where), _join(where, "file"), _text))
+    return PackageSource(package, _checked(_required(data, "file", where), _join(where, "file"), _package_file_name))
 
 
 def _endpoint_source(data: dict, where: str) -> EndpointSource:

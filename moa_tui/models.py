@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from importlib.machinery import ModuleSpec
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -120,6 +120,7 @@ def resolve_model(
     a second while bytes arrive; cancel() is polled as often and True raises DownloadCancelled.
     """
     source = spec.source
+    _check_inside_cache(spec.id, source)
     progress = _Progress(spec.id, on_progress, cancel)
     if isinstance(source, EndpointSource):
         raise ModelSourceError(f"{spec.id}: {source.describe()} is a remote endpoint; nothing to download")
@@ -134,6 +135,22 @@ def resolve_model(
     return ResolvedModel(parts[0], _total_size(parts), source.describe())
 
 
+def _escapes(name: str) -> bool:
+    """Whether joining `name` under a folder could land outside it (absolute, `..`, or a NUL)."""
+    pure = PurePosixPath(name)
+    return pure.is_absolute() or ".." in pure.parts or "\0" in name or Path(name).is_absolute()
+
+
+def _check_inside_cache(model_id: str, source: Source) -> None:
+    """A package file or hf revision becomes part of a path we write under the cache: keep it inside."""
+    if isinstance(source, PackageSource) and _escapes(source.file):
+        raise ModelSourceError(f"{model_id}: the package file {source.file!r} must be a name inside the package "
+                               "(no absolute path, no '..'); fix 'file' in models.yaml")
+    if isinstance(source, HFSource) and source.revision and _escapes(source.revision):
+        raise ModelSourceError(f"{model_id}: revision {source.revision!r} is not a branch, tag or commit name; "
+                               "fix 'revision' in models.yaml")
+
+
 def local_status(spec: ModelSpec) -> ModelStatus:
     """Whether `spec`'s file is on disk, from the disk alone: no network, no download, no assembling."""
     source = spec.source
@@ -141,6 +158,7 @@ def local_status(spec: ModelSpec) -> ModelStatus:
     if isinstance(source, EndpointSource):
         return ModelStatus(spec.id, label, None, None, False, "remote endpoint")
     try:
+        _check_inside_cache(spec.id, source)
         parts, note = _local_parts(spec.id, source)
     except ModelSourceError as exc:
         parts, note = None, str(exc).removeprefix(f"{spec.id}: ")

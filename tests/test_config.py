@@ -666,8 +666,6 @@ def test_check_config_names_the_file_and_key_path_and_exits_2(content, where, fr
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="config.py accepts any text as an hf revision; models.py then writes "
-                                       "refs/<revision> outside the cache (tests/test_hostile.py); see the report")
 @pytest.mark.parametrize("revision", ["../../../../tmp/x", "/etc/x", "v1/../../x"])
 def test_an_hf_revision_that_leaves_the_cache_is_refused(revision, tmp_path, check_config):
     path = write(tmp_path, with_source(f"{{hf: o/r, quant: Q4_K_M, revision: '{revision}'}}"))

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -75,6 +76,7 @@ def setup_llama_cpp() -> None:
 
         _internals.suppress_stdout_stderr = _NoRedirect  # type: ignore[assignment]
         llama_module.suppress_stdout_stderr = _NoRedirect  # type: ignore[assignment]
+        llama_module.llama_chat_format = _formats_without_template_compiling()  # type: ignore[attr-defined]
 
         last_level = [logging.INFO]
 
@@ -89,6 +91,31 @@ def setup_llama_cpp() -> None:
         _log_callback = _route
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         _setup_done = True
+
+
+class _UncompiledTemplate:
+    """Stands in for llama-cpp-python's Jinja2ChatFormatter during `Llama()`.
+
+    Llama() compiles every chat template of the GGUF's metadata with an unsandboxed-optimizer Jinja
+    environment: constant folding makes `{{ 7 ** 10000000 }}` burn seconds of CPU at load, and a
+    syntax error escapes as TemplateSyntaxError. moa renders templates itself, sandboxed and
+    bounded (chat_templates.py), so the compiled handlers are never used.
+    """
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def to_chat_handler(self) -> None:
+        return None
+
+
+def _formats_without_template_compiling() -> types.ModuleType:
+    from llama_cpp import llama_chat_format
+
+    proxy = types.ModuleType("llama_chat_format_for_loads")
+    proxy.__dict__.update(vars(llama_chat_format))
+    proxy.Jinja2ChatFormatter = _UncompiledTemplate  # type: ignore[attr-defined]
+    return proxy
 
 
 def gpu_offload_supported() -> bool:

@@ -1,0 +1,494 @@
+"""`moa probe`: try models as proposers and as aggregators, to choose which layer each belongs in.
+
+The original project had two scripts for this (inference_proposer.py, inference_aggre.py) that
+wrote JSON for a person to read. Here each model answers a few prompts alone (the proposer prompt),
+then aggregates the *other* probed models' answers to the same prompt (with one model: its own
+answer) under the aggregator prompt a middle layer of a pipeline gets. Every call runs through the
+same engine as a chat turn (MoAPipeline over one shared model pool), so prompts, settings and
+context fitting are exactly what a pipeline would do; the reference answers are replayed by a
+stand-in provider instead of being generated again.
+
+The run helpers here (one-model pipelines, preloading, a headless turn) are shared with evaluate.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .backends.base import CancelToken, ChatResult, Message, ModelError
+from .backends.pool import Emit, ModelFileInfo, ModelProvider
+from .config import Config, Layer, ModelSettings, ModelSpec, Pipeline
+from .console import ProgressLine, table
+from .events import DownloadProgress, GenerationStats, ModelFailed, ModelFinished, ModelRef, Notice, TurnFinished
+
+DATA_FOLDER = Path(__file__).resolve().parent / "data"
+PROBE_PROMPTS = DATA_FOLDER / "probe_prompts.txt"
+PROBE_FORMAT = "moa-tui-probe"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Ids with '#' can never clash with a models.yaml id (config.py keeps '#' for samples).
+REFERENCE_ID = "reference#{}"
+END_ID = "end#probe"
+
+
+class ProbeUsageError(Exception):
+    """Wrong model ids or files on the command line: the command prints it and exits 2.
+
+    (Not cli.UsageError: under `python -m moa_tui.cli` that class lives in `__main__`, a second copy.)
+    """
+
+
+def _usage(message: str) -> Exception:
+    return ProbeUsageError(message)
+
+
+def err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def data_dir() -> Path:
+    """moa-tui's data folder ($MOA_DATA_DIR when set), where transcripts also live."""
+    import platformdirs
+
+    from .transcript import DATA_DIR_ENV
+
+    root = os.environ.get(DATA_DIR_ENV)
+    return Path(root).expanduser() if root else Path(platformdirs.user_data_dir("moa-tui"))
+
+
+def one_line(text: str, limit: int) -> str:
+    from .transcript import one_line as flat
+
+    line = flat(text)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def stamped_path(folder: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = folder / f"{stamp}.json", 2
+    while path.exists():
+        path, n = folder / f"{stamp}-{n}.json", n + 1
+    return path
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- running models through the engine -----------------------------------------------------------
+
+
+class StatusLine(ProgressLine):
+    """A redrawn stderr line saying what runs now ("question 3/40 · tiny"); a line every 5 s when piped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def show(self, text: str, done: int, total: int) -> None:
+        self.text = text
+        self.update("status", min(done, total - 1), total, 0.0)
+
+    def render(self, label: str, done: int, total: int | None, rate: float) -> str:
+        return self.text
+
+    def message(self, text: str) -> None:
+        """A line of its own, above the status line."""
+        if self._current is not None and self.tty:
+            self.stream.write("\r\x1b[K")
+            self._current = None
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def config_with(config: Config, pipelines: dict[str, Pipeline]) -> Config:
+    """A copy of `config` that also knows the given ad-hoc pipelines (the file is not touched)."""
+    return dataclasses.replace(config, pipelines={**config.pipelines, **pipelines})
+
+
+def solo_pipeline(name: str, spec: ModelSpec) -> Pipeline:
+    """One model alone: one layer, so it gets the proposer prompt and its reply is final."""
+    return Pipeline(name=name, layers=[Layer(models=[spec], name="alone")], description=f"{spec.id} alone")
+
+
+def load_settings_key(spec: ModelSpec) -> tuple:
+    """What makes two specs the same model to compare: source and every setting but the seed."""
+    settings = {k: v for k, v in spec.settings.to_dict().items() if k != "seed"}
+    return (spec.source.describe(), tuple(sorted((k, str(v)) for k, v in settings.items())))
+
+
+class Console:
+    """What the headless runs print: a status line, notices once each, download progress."""
+
+    def __init__(self) -> None:
+        self.status = StatusLine()
+        self.download = ProgressLine()
+        self._seen: set[str] = set()
+
+    def emit(self, event) -> None:
+        if isinstance(event, DownloadProgress):
+            name = event.ref.model_id if event.ref else "download"
+            self.download.update(f"{name}: {event.filename}", event.downloaded, event.total, event.rate)
+        elif isinstance(event, Notice) and event.message not in self._seen:
+            self._seen.add(event.message)
+            self.status.message(f"note: {event.message}")
+
+    def close(self) -> None:
+        self.download.close()
+        self.status.close()
+
+
+def preload(provider: ModelProvider, specs: list[ModelSpec], console: Console) -> dict[str, str]:
+    """Load (maybe download) every model before timing anything; {spec id: error} for those that failed."""
+    failed: dict[str, str] = {}
+    cancel = CancelToken()
+    for i, spec in enumerate(specs):
+        console.status.show(f"loading {spec.id} ({i + 1}/{len(specs)})", i, len(specs))
+        ref = ModelRef(0, 0, spec.id, "proposer")
+        try:
+            with provider.open(spec, ref, console.emit, cancel):
+                pass
+        except ModelError as exc:
+            failed[spec.id] = str(exc)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            raise
+    console.status.close()
+    return failed
+
+
+@dataclass
+class TurnResult:
+    record: object  # transcript.TurnRecord
+    latency: float  # seconds from the first model's start to the reply
+    answers: dict[str, ModelFinished | ModelFailed] = field(default_factory=dict)  # by model id
+
+    @property
+    def status(self) -> str:
+        return self.record.status
+
+    @property
+    def reply(self) -> str:
+        return self.record.reply
+
+    @property
+    def error(self) -> str | None:
+        return self.record.error
+
+    def generated_tokens(self, skip: Callable[[str], bool] = lambda _id: False) -> int:
+        return sum(a.stats.generated_tokens for mid, a in self.answers.items() if not skip(mid))
+
+    def failures(self) -> list[dict]:
+        return [{"model": mid, "error": a.error} for mid, a in self.answers.items() if isinstance(a, ModelFailed)]
+
+
+def run_turn(config: Config, pipeline_name: str, provider: ModelProvider, message: str, *,
+             offline: bool, console: Console | None = None) -> TurnResult:
+    """One fresh-conversation turn, headless, nothing saved. Ctrl+C stops the models before re-raising."""
+    from .pipeline import MoAPipeline
+    from .transcript import new_conversation
+
+    pipeline = MoAPipeline(config, pipeline_name, provider=provider, offline=offline, save=False)
+    answers: dict[str, ModelFinished | ModelFailed] = {}
+    conversation = new_conversation(pipeline_name)
+    started = time.perf_counter()
+    events = pipeline.run_turn(conversation, message, CancelToken())
+    try:
+        for event in events:
+            if isinstance(event, (ModelFinished, ModelFailed)):
+                answers[event.ref.model_id] = event
+            elif console is not None and not isinstance(event, TurnFinished):
+                console.emit(event)
+    except BaseException:
+        events.close()  # cancels every model and waits for them
+        raise
+    return TurnResult(conversation.turns[-1], time.perf_counter() - started, answers)
+
+
+# -- replayed reference answers ------------------------------------------------------------------
+
+
+class _Replay:
+    """A stand-in model that answers with a fixed text at once (an earlier answer being replayed)."""
+
+    def __init__(self, model_id: str, text: str) -> None:
+        self.model_id = model_id
+        self.text = text
+        self.n_ctx = 1 << 30
+        self.notices: list[str] = []
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return 0
+
+    def chat(self, messages, settings, cancel, on_token, **_options) -> ChatResult:
+        on_token(self.text)
+        return ChatResult(self.text, GenerationStats(finish_reason="stop"))
+
+    def close(self) -> None:
+        pass
+
+
+class ReplayProvider:
+    """Serves replayed answers for some ids and passes every other model to the real provider."""
+
+    def __init__(self, inner: ModelProvider, texts: dict[str, str]) -> None:
+        self.inner = inner
+        self.texts = texts
+
+    @contextlib.contextmanager
+    def open(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> Iterator:
+        if spec.id in self.texts:
+            yield _Replay(spec.id, self.texts[spec.id])
+            return
+        with self.inner.open(spec, ref, emit, cancel) as model:
+            yield model
+
+    def file_info(self, spec: ModelSpec) -> ModelFileInfo:
+        if spec.id in self.texts:
+            return ModelFileInfo(None, None, "replayed answer")
+        return self.inner.file_info(spec)
+
+    def missing_models(self, specs: list[ModelSpec]) -> list[str]:
+        return self.inner.missing_models([s for s in specs if s.id not in self.texts])
+
+    def close(self) -> None:
+        """The real provider is shared and closed by its owner."""
+
+
+def aggregator_pipeline(name: str, spec: ModelSpec, references: list[str]) -> tuple[Pipeline, dict[str, str]]:
+    """references (replayed) -> `spec` as a middle-layer aggregator -> a replayed final; and the replay texts."""
+    replay_settings = ModelSettings(max_tokens=1)
+    refs = [ModelSpec(REFERENCE_ID.format(i + 1), spec.source, replay_settings) for i in range(len(references))]
+    end = ModelSpec(END_ID, spec.source, replay_settings)
+    texts = {r.id: text for r, text in zip(refs, references, strict=True)}
+    texts[END_ID] = "."
+    layers = [Layer(refs, "references"), Layer([spec], "aggregator"), Layer([end], "final")]
+    return Pipeline(name=name, layers=layers, description=f"{spec.id} aggregating"), texts
+
+
+# -- finding models -------------------------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    spec: ModelSpec
+    pipeline: str
+
+
+def find_models(config: Config, ids: list[str], prefer: str | None) -> list[Found]:
+    """Each id's spec: an exact id before a Self-MoA entry's base id, the preferred pipeline first."""
+    order = [config.pipeline(prefer).name] if prefer else [config.default_pipeline]
+    order += [name for name in config.pipelines if name not in order]
+    known: list[str] = []  # sample ids ("x#2") are accepted but not listed: their entry's id stands for them
+    for name in order:
+        for spec in config.pipelines[name].all_models():
+            if spec.base_id not in known:
+                known.append(spec.base_id)
+    found: list[Found] = []
+    for wanted in ids:
+        match = _lookup(config, order, wanted)
+        if match is None:
+            close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise _usage(f"probe: no model {wanted!r} in {config.path.name} ({hint}known: {', '.join(known)})")
+        if any(f.spec.id == match.spec.id and f.pipeline == match.pipeline for f in found):
+            raise _usage(f"probe: model {wanted!r} is named twice")
+        found.append(match)
+    return found
+
+
+def _lookup(config: Config, order: list[str], wanted: str) -> Found | None:
+    for name in order:
+        for spec in config.pipelines[name].all_models():
+            if spec.id == wanted:
+                return Found(spec, name)
+    for name in order:
+        for spec in config.pipelines[name].all_models():
+            if spec.base_id == wanted:  # the first sample of a Self-MoA entry
+                return Found(spec, name)
+    return None
+
+
+def read_prompts(path: str | None) -> list[str]:
+    file = Path(path).expanduser() if path else PROBE_PROMPTS
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _usage(f"--prompts: {file}: no such file") from None
+    except IsADirectoryError:
+        raise _usage(f"--prompts: {file}: is a folder, not a file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _usage(f"--prompts: {file}: cannot read it ({exc})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise _usage(f"--prompts: {file}: no prompts (one per line; blank lines and # comments are skipped)")
+    return prompts
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def _run_record(model: str, role: str, index: int, prompt: str, event: ModelFinished | ModelFailed | None,
+                error: str | None = None, references: list[dict] | None = None) -> dict:
+    stats = event.stats if event is not None else GenerationStats()
+    if isinstance(event, ModelFinished):
+        status, answer = event.status, event.text
+    else:
+        status = "failed"
+        answer = event.partial_text if event is not None else ""
+        error = error or (event.error if event is not None else "no answer")
+    run = {
+        "model": model, "role": role, "prompt_index": index, "prompt": prompt, "status": status,
+        "answer": answer, "error": error if status != "done" else None,
+        "time_s": round(stats.wall_time, 3),
+        "ttft_s": round(stats.time_to_first_token, 3) if stats.time_to_first_token is not None else None,
+        "tokens": stats.generated_tokens, "tokens_per_second": round(stats.tokens_per_second, 2),
+        "prompt_tokens": stats.prompt_tokens, "finish_reason": stats.finish_reason,
+    }
+    if references is not None:
+        run["references"] = references
+    return run
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(statistics.fmean(values), 3) if values else None
+
+
+def summarize(runs: list[dict], models: list[str]) -> list[dict]:
+    rows = []
+    for model in models:
+        for role in ("proposer", "aggregator"):
+            mine = [r for r in runs if r["model"] == model and r["role"] == role]
+            if not mine:
+                continue
+            ok = [r for r in mine if r["status"] == "done"]
+            rows.append({
+                "model": model, "role": role, "runs": len(mine), "ok": len(ok),
+                "mean_time_s": _mean([r["time_s"] for r in ok]),
+                "mean_ttft_s": _mean([r["ttft_s"] for r in ok if r["ttft_s"] is not None]),
+                "mean_tokens_per_second": _mean([r["tokens_per_second"] for r in ok if r["tokens_per_second"]]),
+                "mean_tokens": _mean([r["tokens"] for r in ok]),
+                "preview": one_line(ok[0]["answer"], 48) if ok else one_line(mine[0]["error"] or "", 48),
+            })
+    return rows
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def summary_table(summary: list[dict]) -> str:
+    rows = [[s["model"], s["role"], f"{s['ok']}/{s['runs']}", _fmt(s["mean_time_s"], "s"),
+             _fmt(s["mean_ttft_s"], "s", 2), _fmt(s["mean_tokens_per_second"]), _fmt(s["mean_tokens"], "", 0),
+             s["preview"]] for s in summary]
+    return table(rows, ["model", "role", "ok", "mean time", "ttft", "tok/s", "tokens", "first answer"])
+
+
+def run_probe(args, config: Config) -> int:
+    from .backends.pool import LocalModelPool
+    from .models import offline_mode
+
+    try:
+        found = find_models(config, list(args.model_ids), getattr(args, "pipeline", None))
+        prompts = read_prompts(getattr(args, "prompts", None))
+    except ProbeUsageError as exc:
+        err(f"error: {exc}")
+        return EXIT_USAGE
+    out = Path(args.json).expanduser() if getattr(args, "json", None) else stamped_path(data_dir() / "probes")
+    offline = offline_mode(getattr(args, "offline", False))
+    specs = [f.spec for f in found]
+    ids = [s.id for s in specs]
+    report = {
+        "format": PROBE_FORMAT, "version": 1, "created_at": now_iso(), "config": str(config.path),
+        "prompts": prompts,
+        "system_prompts": {"proposer": config.prompts.proposer, "aggregator": config.prompts.aggregator},
+        "models": [{"id": f.spec.id, "pipeline": f.pipeline, "source": f.spec.source.describe(),
+                    "settings": f.spec.settings.to_dict()} for f in found],
+        "runs": [], "summary": [], "interrupted": False,
+    }
+    runs: list[dict] = report["runs"]
+    pool = LocalModelPool(offline=offline)
+    console = Console()
+    try:
+        broken = preload(pool, specs, console)
+        for error in broken.values():
+            console.status.message(f"error: {error}")
+        _probe(config, pool, specs, prompts, broken, runs, console, offline)
+    except KeyboardInterrupt:
+        report["interrupted"] = True
+    finally:
+        console.close()
+        pool.close()
+    report["finished_at"] = now_iso()
+    report["summary"] = summarize(runs, ids)
+    if report["summary"]:
+        print(summary_table(report["summary"]))
+    try:
+        write_json(out, report)
+    except OSError as exc:
+        err(f"error: could not write the report to {out}: {exc}")
+        return EXIT_FAILED
+    print(f"report: {out}")
+    if report["interrupted"]:
+        err("interrupted: the report has the runs that finished")
+        return EXIT_INTERRUPTED
+    failed = sum(1 for r in runs if r["status"] != "done")
+    if failed:
+        err(f"{failed} of {len(runs)} runs failed (see 'error' in the report)")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _probe(config, pool, specs, prompts, broken, runs, console, offline) -> None:
+    total = len(specs) * len(prompts) * 2
+    done = 0
+    proposals: dict[tuple[str, int], str] = {}
+    solo = {s.id: f"probe:{s.id}" for s in specs}
+    cfg = config_with(config, {solo[s.id]: solo_pipeline(solo[s.id], s) for s in specs})
+    for pi, prompt in enumerate(prompts):
+        for spec in specs:
+            console.status.show(f"proposer {done + 1}/{total}: {spec.id} · prompt {pi + 1}", done, total)
+            done += 1
+            if spec.id in broken:
+                runs.append(_run_record(spec.id, "proposer", pi, prompt, None, broken[spec.id]))
+                continue
+            result = run_turn(cfg, solo[spec.id], pool, prompt, offline=offline, console=console)
+            event = result.answers.get(spec.id)
+            runs.append(_run_record(spec.id, "proposer", pi, prompt, event, result.error))
+            if isinstance(event, ModelFinished) and event.status == "done" and event.text.strip():
+                proposals[(spec.id, pi)] = event.text
+    for pi, prompt in enumerate(prompts):
+        for spec in specs:
+            console.status.show(f"aggregator {done + 1}/{total}: {spec.id} · prompt {pi + 1}", done, total)
+            done += 1
+            others = [s.id for s in specs if s.id != spec.id] or [spec.id]
+            refs = [{"model": o, "text": proposals[(o, pi)]} for o in others if (o, pi) in proposals]
+            if spec.id in broken or not refs:
+                why = broken.get(spec.id) or "no reference answers: every other model failed on this prompt"
+                runs.append(_run_record(spec.id, "aggregator", pi, prompt, None, why, refs))
+                continue
+            name = f"probe-agg:{spec.id}"
+            pipeline, texts = aggregator_pipeline(name, spec, [r["text"] for r in refs])
+            result = run_turn(config_with(config, {name: pipeline}), name, ReplayProvider(pool, texts), prompt,
+                              offline=offline, console=console)
+            event = result.answers.get(spec.id)
+            runs.append(_run_record(spec.id, "aggregator", pi, prompt, event, result.error, refs))
+    console.status.close()

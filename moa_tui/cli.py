@@ -443,4 +443,8 @@ def _transcript_error() -> type[Exception]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: other modules raise
+    # moa_tui.cli.UsageError, which this copy's own UsageError class would not catch.
+    from moa_tui.cli import main as _package_main
+
+    sys.exit(_package_main())

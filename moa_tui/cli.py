@@ -443,8 +443,7 @@ def _transcript_error() -> type[Exception]:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: other modules raise
-    # moa_tui.cli.UsageError, which this copy's own UsageError class would not catch.
-    from moa_tui.cli import main as _package_main
-
-    sys.exit(_package_main())
+    # `python -m moa_tui.cli`: let modules that import moa_tui.cli (for UsageError) get this very
+    # module, not a second copy whose UsageError this main() would not catch.
+    sys.modules.setdefault("moa_tui.cli", sys.modules[__name__])
+    sys.exit(main())

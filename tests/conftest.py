@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
+
+# llama.cpp's OpenMP worker threads spin while idle; on a 2-core CI machine running anything else,
+# that made a tiny turn take 25-60 s instead of 5 (see BENCHMARKS.md). Set before llama_cpp loads,
+# and inherited by the `moa` subprocesses the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO / "models.yaml"

@@ -21,7 +21,7 @@ import time
 import types
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,11 +102,22 @@ class _UncompiledTemplate:
     bounded (chat_templates.py), so the compiled handlers are never used.
     """
 
-    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
-        pass
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._args, self._kwargs = args, kwargs
 
-    def to_chat_handler(self) -> None:
-        return None
+    def to_chat_handler(self) -> Callable[..., Any]:
+        """A handler that compiles the template on first use (only `create_chat_completion` needs it)."""
+        args, kwargs = self._args, self._kwargs
+        compiled: list[Callable[..., Any]] = []
+
+        def handler(*call_args: Any, **call_kwargs: Any) -> Any:
+            if not compiled:
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+                compiled.append(Jinja2ChatFormatter(*args, **kwargs).to_chat_handler())
+            return compiled[0](*call_args, **call_kwargs)
+
+        return handler
 
 
 def _formats_without_template_compiling() -> types.ModuleType:

@@ -388,13 +388,20 @@ def test_release_waits_for_a_running_generation(write_config, smollm2_path):
     spec.settings.stop = []
     ref = ModelRef(0, 0, spec.id, "proposer")
     first_token = threading.Event()
+    may_finish = threading.Event()
     times: dict[str, float] = {}
     results = []
+
+    def on_token(_text: str) -> None:
+        # Hold the generation open (in the generating thread, between tokens) until the
+        # releaser has been seen waiting: a fast machine must not finish 48 tokens first.
+        first_token.set()
+        assert may_finish.wait(60)
 
     def generate() -> None:
         with pool.open(spec, ref, lambda _e: None, CancelToken()) as model:
             messages = [_message("user", "Count from one to fifty in words, separated by commas.")]
-            results.append(model.chat(messages, spec.settings, CancelToken(), lambda _t: first_token.set()))
+            results.append(model.chat(messages, spec.settings, CancelToken(), on_token))
             times["generated"] = time.perf_counter()
 
     def release() -> None:
@@ -407,7 +414,9 @@ def test_release_waits_for_a_running_generation(write_config, smollm2_path):
     releaser = threading.Thread(target=release)
     releaser.start()
     releaser.join(0.3)
-    assert releaser.is_alive(), "release must wait while the model generates"
+    still_waiting = releaser.is_alive()
+    may_finish.set()
+    assert still_waiting, "release must wait while the model generates"
     worker.join(120)
     releaser.join(60)
     assert not worker.is_alive() and not releaser.is_alive()

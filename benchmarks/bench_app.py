@@ -99,7 +99,7 @@ class _TimedModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def chat(self, messages, settings, cancel, on_token):
+    def chat(self, messages, settings, cancel, on_token, **kwargs):
         owner, key = self._owner, self._key
 
         def timed(text: str) -> None:
@@ -109,7 +109,7 @@ class _TimedModel:
             owner.counts[key] = owner.counts.get(key, 0) + 1
             on_token(text)
 
-        return self._model.chat(messages, settings, cancel, timed)
+        return self._model.chat(messages, settings, cancel, timed, **kwargs)
 
 
 class TimedProvider(ScriptedProvider):
@@ -176,7 +176,7 @@ class Bench:
         app = self.app
         return (
             ("tab", lambda: app.focused),  # focus moves: a repaint
-            ("f2", lambda: app.history.display),  # the history shows / hides: a layout pass
+            ("f3", lambda: app.history.display),  # the history shows / hides: a layout pass
             ("f1", lambda: isinstance(app.screen, HelpScreen)),  # a screen opens
             ("escape", lambda: isinstance(app.screen, HelpScreen)),  # ... and closes
         )

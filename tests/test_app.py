@@ -138,7 +138,7 @@ async def test_pane_states_through_a_turn(config):
         view = panes(app)
         assert [p.state for p in view.values()] == ["idle"] * 4
         await send(pilot, "What is MoA?")
-        assert app.running and app.chat_input.disabled
+        assert app.running and app.chat_input.busy and not app.chat_input.disabled
         await wait_until(lambda: panes(app)["a"].state == "thinking", what="a thinking")
         view = panes(app)
         assert view["b"].state == "queued" and view["agg"].state == "queued" and view["final"].state == "queued"
@@ -155,7 +155,7 @@ async def test_pane_states_through_a_turn(config):
         assert view["a"].border_title.endswith("a · proposer") and "final · final" in view["final"].border_title
         status = view["a"].status_text()
         assert status.startswith("done · 3 tok") and "tok/s" in status and "ttft" in status
-        assert not app.chat_input.disabled and app.focused is app.chat_input
+        assert not app.chat_input.busy and app.focused is app.chat_input
 
         record = app.conversation.turns[0]
         assert record.status == "done" and record.reply == "The *final* reply:\n\n- one\n- two\n"
@@ -189,6 +189,105 @@ async def test_tokens_are_batched_per_frame(config):
         assert panes(app)["a"].tokens == 500 and panes(app)["a"].text == "x " * 500
 
 
+async def test_next_turn_empties_and_reuses_the_panes(config):
+    """Same pipeline, next turn: the grid is not mounted again (a layout pass of the whole screen at
+    the moment the models start); its panes start empty and show only the new answers."""
+    scripts = {"a": ScriptedModel("A says {user}"), "b": ScriptedModel("B says {user} " * 30),
+               "final": ScriptedModel("Final for: {user}")}
+    app = make_app(config, scripts)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "first")
+        await finish_turn(pilot)
+        before = panes(app)
+        await send(pilot, "second")
+        await finish_turn(pilot)
+        after = panes(app)
+        assert all(after[k] is before[k] for k in before)
+        assert after["a"].text == "A says second" and after["a"].view.source == "A says second"
+        assert "first" not in after["final"].view.rendered_text() and "Final for: second" in screen_text(app)
+        assert {p.state for p in after.values()} == {"done"}
+        assert after["a"].status_text().startswith("done · 3 tok")
+        assert after["b"].view.follow  # a live answer follows its end again
+
+
+async def test_a_growing_paragraph_repaints_only_its_changed_lines():
+    """Appending a word to the last line repaints that line, not the whole pane (a screen update
+    composes every widget under the repainted region: models sharing the CPU pay for it)."""
+    from textual.app import App
+    from textual.geometry import Region
+
+    from moa_tui.app.widgets.stream_view import MarkdownView
+
+    class Recording(MarkdownView):
+        repaints: list[tuple[Region, ...]] = []
+
+        def refresh(self, *regions, **kwargs):
+            self.repaints.append(regions)
+            return super().refresh(*regions, **kwargs)
+
+    class Host(App):
+        def compose(self):
+            yield Recording(follow=True)
+
+    app = Host()
+    async with app.run_test(size=(40, 20)) as pilot:
+        view = app.query_one(Recording)
+        await pilot.pause()
+        view.append("First paragraph.\n\nA second one that wraps over a few lines of this narrow view")
+        view.repaints.clear()
+        view.append(" more")
+        assert view.repaints and all(len(r) == 1 and r[0].height <= 2 for r in view.repaints), view.repaints
+        assert view.rendered_text().endswith("more")
+        view.repaints.clear()
+        view.update("")  # replacing the text repaints it all
+        assert view.repaints == [()]
+
+
+def test_only_events_other_than_tokens_wake_the_ui():
+    """Tokens wait for the UI's clock (one screen update per drain); a model starting or ending, the
+    turn ending... wake it at once, once until it has drained the buffer."""
+    from moa_tui.app.app import EventBuffer, TurnEnded
+    from moa_tui.events import ModelRef, ModelStarted, Token
+
+    wakes: list[int] = []
+    buffer = EventBuffer(wake=lambda: wakes.append(1))
+    ref = ModelRef(0, 0, "a", "proposer")
+    buffer.push(Token(ref, "x"))
+    buffer.push(Token(ref, "y"))
+    assert not wakes and not buffer.urgent and len(buffer) == 2
+    buffer.push(ModelStarted(ref, 3))
+    buffer.push(Token(ref, "z"))
+    buffer.push(TurnEnded(0))
+    assert wakes == [1] and buffer.urgent
+    assert len(buffer.take()) == 5 and not buffer.urgent
+    buffer.push(ModelStarted(ref, 3))
+    assert wakes == [1, 1]
+
+
+async def test_the_footer_is_rebuilt_only_when_its_keys_change(config):
+    from textual.widgets._footer import FooterKey
+
+    app = make_app(config, {"a": ScriptedModel("slow " * 40, tokens_per_second=40)})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        keys = list(app.screen.query(FooterKey))
+        assert any(k.key == "enter" for k in keys)
+        app.refresh_bindings()
+        app.refresh_bindings()
+        await pilot.pause()
+        assert list(app.screen.query(FooterKey)) == keys  # same widgets: nothing rebuilt
+        await send(pilot, "go")  # Send is dimmed, Cancel undimmed: in place
+        await wait_until(lambda: [k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")] == ["enter"],
+                         what="Send dimmed, Cancel enabled")
+        assert list(app.screen.query(FooterKey)) == keys
+        await finish_turn(pilot)
+        await wait_until(lambda: [k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")] == ["escape"],
+                         what="Send enabled, Cancel dimmed")
+        assert list(app.screen.query(FooterKey)) == keys
+        await pilot.press("tab")  # focus moves to a pane: other keys, rebuilt
+        await wait_until(lambda: list(app.screen.query(FooterKey)) != keys, what="the footer rebuilt")
+
+
 async def test_escape_cancels_every_model_within_half_a_second(config):
     scripts = {"a": ScriptedModel(LONG, tokens_per_second=40)}
     app = make_app(config, scripts)
@@ -211,7 +310,7 @@ async def test_escape_cancels_every_model_within_half_a_second(config):
         assert record.status == "cancelled" and record.layers[0][0].text == view["a"].text
         assert app.history.cards[0].has_class("-cancelled")
         await wait_until(lambda: any("cancelled" in n.lower() for n in notifications(app)), what="a notification")
-        assert not app.chat_input.disabled
+        assert not app.chat_input.busy
 
 
 async def test_failed_model_shows_its_error_and_the_turn_goes_on(config):
@@ -354,15 +453,32 @@ async def test_up_recalls_earlier_messages(config):
         assert box.text == "draft"
 
 
-async def test_input_is_disabled_while_a_turn_runs(config):
+async def test_sending_is_paused_while_a_turn_runs_but_the_next_message_can_be_typed(config):
+    """During a turn the box stays editable and focused; Enter does not send (Send is dimmed and a
+    notice says why), and the typed text is still there to send when the turn ends."""
+    from textual.widgets._footer import FooterKey
+
     app = make_app(config, {"a": ScriptedModel(LONG, tokens_per_second=100)})
     async with app.run_test(size=(120, 40)) as pilot:
         await send(pilot, "first")
-        assert app.chat_input.disabled
-        await app.send("second")  # ignored while the turn runs
+        assert app.chat_input.busy and app.focused is app.chat_input
+        await wait_until(lambda: any(k.key == "enter" and k.has_class("-disabled")
+                                     for k in app.screen.query(FooterKey)), what="Send dimmed")
+        await pilot.press(*"second")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.chat_input.text == "second" and len(app.conversation.turns) == 1
+        await wait_until(lambda: any("Not sent yet" in n for n in notifications(app)), what="a notice")
+        await app.send("third")  # ignored while the turn runs
         await pilot.press("escape")
         await finish_turn(pilot)
-        assert len(app.conversation.turns) == 1 and not app.chat_input.disabled
+        assert len(app.conversation.turns) == 1 and not app.chat_input.busy
+        await wait_until(lambda: any(k.key == "enter" and not k.has_class("-disabled")
+                                     for k in app.screen.query(FooterKey)), what="Send enabled again")
+        await pilot.press("enter")
+        await wait_until(lambda: len(app.conversation.turns) == 2, what="the typed-ahead message sent")
+        assert app.conversation.turns[1].user_message == "second"
+        await finish_turn(pilot)
 
 
 # -- history, transcripts, export ---------------------------------------------------------------
@@ -557,7 +673,7 @@ async def test_narrow_terminal_stacks_layers_vertically(config):
         xs = {c.region.x for c in columns}
         ys = [c.region.y for c in columns]
         assert len(xs) == 1 and ys == sorted(ys) and len(set(ys)) == 3
-        await pilot.press("f2")
+        await pilot.press("f3")
         await pilot.pause()
         assert app.history.region.width > 0
 

@@ -487,3 +487,32 @@ async def test_plan_screen_shows_the_table_and_escape_closes_it(gemma_path):
         await app.push_screen(PlanScreen(config, config.pipeline("seed"), plan=given))
         await pilot.pause()
         assert "swapped (layer 3)" in str(app.screen.query_one("#plan-table", Static).render())
+
+
+async def test_f2_in_the_app_shows_the_plan_the_pool_follows(gemma_path, smollm2_path):
+    """F2 in the chat app: the pool's own plan for the current pipeline (real GGUF headers), Esc closes;
+    F3 still toggles the history."""
+    from textual.widgets import Static
+
+    from moa_tui.app import MoAApp
+    from moa_tui.app.screens.plan import PlanScreen
+
+    config = load_config(SHIPPED_CONFIG)
+    app = MoAApp(config, "tiny", offline=True)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause()
+        pool_plan = app.pipeline.provider.current_plan()
+        assert pool_plan is not None
+        await pilot.press("f2")
+        await pilot.pause()
+        assert isinstance(app.screen, PlanScreen) and app.screen.plan is pool_plan
+        table = str(app.screen.query_one("#plan-table", Static).render())
+        assert "smollm2" in table and "resident" in table
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, PlanScreen)
+        shown = app.history.display
+        await pilot.press("f3")
+        await pilot.pause()
+        assert app.history.display is not shown
+        await app.shutdown()

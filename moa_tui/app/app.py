@@ -5,10 +5,12 @@ How the pieces meet:
 - A turn runs `MoAPipeline.run_turn` in a thread worker. That thread only appends the events to an
   `EventBuffer` (a list under a lock): it never calls into the UI, so a model never waits for
   the screen.
-- The UI drains the buffer on its own clock (every 1/30 s). Consecutive tokens of one pane are
-  joined into one write, so a pane gets at most one append per frame however fast the models
-  are (and an append re-renders only the answer's last Markdown block: widgets/stream_view.py);
-  other events are applied in order.
+- The UI drains the buffer on its own clock: tokens every 1/10 s while a turn runs; any other
+  event wakes it at once (each drain is a screen update, and the screen shares the CPU with the
+  models: see `drain`). Consecutive tokens of one pane are joined into one write, so a pane gets
+  at most one append per drain however fast the models are (and an append re-renders only the
+  answer's last Markdown block and repaints only the lines that changed: widgets/stream_view.py);
+  other events are applied in order. Between turns the clock stops.
 - No full garbage collection runs while a turn streams (`GcPolicy`).
 - Esc sets the turn's CancelToken: the models stop between tokens, the pipeline reports them as
   cancelled with their partial text, and the panes show that.
@@ -34,7 +36,9 @@ from textual.app import App
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.content import Content
-from textual.widgets import Footer, Header
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import Header
 from textual.worker import Worker, get_current_worker
 
 from ..backends.base import CancelToken
@@ -71,10 +75,11 @@ from .screens.transcripts import OpenTranscriptScreen
 from .screens.turn import TurnScreen
 from .text import one_line
 from .widgets.chat_input import ChatInput
+from .widgets.footer import QuietFooter
 from .widgets.history import HistoryPanel, TurnCard
 from .widgets.turn_view import TurnView, turn_header
 
-DRAIN_INTERVAL = 1 / 20  # seconds between two drains of the event buffer (one screen update each)
+TEXT_INTERVAL = 1 / 8  # seconds between two drains of streamed tokens while a turn runs (one screen update each)
 TICK_INTERVAL = 0.25  # live timings (thinking time, tokens/s) refresh
 NARROW_BELOW = 90  # columns: below this, layers stack vertically and the history hides
 
@@ -91,17 +96,25 @@ def default_puller(spec: ModelSpec, on_progress, cancel) -> object:
 class EventBuffer:
     """Where worker threads leave events for the UI: appending never blocks on the screen."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake: Callable[[], object] | None = None) -> None:
         self._lock = threading.Lock()
         self._items: list = []
+        self.urgent = False  # something other than a token waits
+        self.wake = wake  # called (in the pushing thread) when the first such event arrives
 
     def push(self, item) -> None:
+        wake = None
         with self._lock:
             self._items.append(item)
+            if type(item) is not Token and not self.urgent:
+                self.urgent, wake = True, self.wake
+        if wake is not None:
+            wake()
 
     def take(self) -> list:
         with self._lock:
             items, self._items = self._items, []
+            self.urgent = False
         return items
 
     def __len__(self) -> int:
@@ -148,6 +161,10 @@ class PullEnded:
     cancelled: bool
     failed: int
     pulled: int
+
+
+class BufferWake(Message):
+    """The event buffer got something other than a token: apply it now (posted from a worker thread)."""
 
 
 class GcPolicy:
@@ -243,6 +260,10 @@ class MoAApp(App[int]):
         self._pull_cancel: threading.Event | None = None
         self._pull_worker: Worker | None = None
         self._view_lock = asyncio.Lock()
+        self._ticked = 0.0  # time.monotonic() of the last refresh of the live timings
+        self._drain_timer: Timer | None = None
+        self._header_status = ""  # the running turn's status, as shown in the header
+        self.turn_ended_at: float | None = None  # time.perf_counter() when the last turn's end was shown
         self._closed = False
 
     def _make_pipeline(self, name: str | None) -> MoAPipeline:
@@ -257,7 +278,7 @@ class MoAApp(App[int]):
             yield TurnView(timings=self.timings, clock=self.clock, id="turn")
         yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter or Ctrl+J: new line · "
                                                 "Up: last message · F1: help")
-        yield Footer()
+        yield QuietFooter()
 
     @property
     def turn_view(self) -> TurnView:
@@ -274,12 +295,15 @@ class MoAApp(App[int]):
     async def on_mount(self) -> None:
         self._update_titles()
         await self._show_conversation()
-        self.set_interval(DRAIN_INTERVAL, self.drain, name="drain")
-        self.set_interval(TICK_INTERVAL, self._tick, name="tick")
+        self.buffer.wake = lambda: self.post_message(BufferWake())  # post_message is thread-safe
+        self._drain_timer = self.set_interval(TEXT_INTERVAL, self._on_clock, name="drain", pause=True)
         self.chat_input.focus()
         self._check_models()
         if self.gc_policy is not None:
             self.call_after_refresh(self.gc_policy.started)
+
+    async def on_buffer_wake(self, message: BufferWake) -> None:
+        await self.drain()
 
     def _layer_names(self, pipeline_name: str | None = None, n_layers: int | None = None) -> list[str | None]:
         pipeline = self.config.pipelines.get(pipeline_name or self.pipeline_name)
@@ -321,28 +345,38 @@ class MoAApp(App[int]):
     async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
         await self.send(message.text)
 
+    def on_chat_input_refused(self, message: ChatInput.Refused) -> None:
+        self.notify("A turn is running: your message stays in the box until it ends. Esc cancels the turn.",
+                    title="Not sent yet", severity="warning", timeout=3, markup=False)
+
     async def send(self, text: str) -> None:
         """Start a turn with `text` (what Enter in the message box does)."""
         if self.running or self._closed or not text.strip():
             return
         self.running = True
-        self.chat_input.disabled = True
+        self.chat_input.set_busy(True)
         self._turn_index = index = len(self.conversation.turns)
         self._turn_text = text
         self._turn_finished = None
         self._turn_started = self.clock()
-        async with self._view_lock:
-            await self.turn_view.show_layout(self.pipeline.refs(), self._layer_names())
-            self._set_running_header()
-            await self.history.add_turn(index, text)
         self._cancel = cancel = CancelToken()
         self._turn_done.clear()
         if self.gc_policy is not None:
             self.gc_policy.turn_started()
-        self._turn_worker = self.run_worker(
-            partial(self._turn_thread_main, self.pipeline, self.conversation, text, cancel, index),
-            name="moa-turn", group="turn", thread=True, exit_on_error=False,
-        )
+        async with self._view_lock:
+            # The models start first; the screen gets ready meanwhile (their events wait in the
+            # buffer until it is: a drain needs the view lock).
+            self._turn_worker = self.run_worker(
+                partial(self._turn_thread_main, self.pipeline, self.conversation, text, cancel, index),
+                name="moa-turn", group="turn", thread=True, exit_on_error=False,
+            )
+            await asyncio.sleep(0)  # the worker's task starts its thread now, not after the work below
+            await self.turn_view.show_layout(self.pipeline.refs(), self._layer_names())
+            self._header_status = ""
+            self._set_running_header()
+            await self.history.add_turn(index, text)
+        if self._drain_timer is not None:
+            self._drain_timer.resume()
         self.refresh_bindings()
 
     def _turn_thread_main(self, pipeline: MoAPipeline, conversation: Conversation, text: str,
@@ -363,25 +397,43 @@ class MoAApp(App[int]):
             self._turn_done.set()
 
     def _set_running_header(self, state: str = "running") -> None:
+        """`turn 2 · tiny · running`. No live clock here: the header line spans every column, so a
+        screen update that includes it re-renders them all; each pane shows its own live timings
+        and the turn's end shows its total time."""
         status = f"turn {self._turn_index + 1} · {self.pipeline_name} · {state}"
-        if self.timings:
-            status += f" · {self.clock() - self._turn_started:.1f}s"
-        self.turn_view.set_header(turn_header(self._turn_text, status))
+        if status != self._header_status:
+            self._header_status = status
+            self.turn_view.set_header(turn_header(self._turn_text, status))
+
+    async def _on_clock(self) -> None:
+        """The turn's timer (it runs only while a turn does): apply the tokens that came; refresh the
+        live timings every TICK_INTERVAL, in the same screen update as the text when there is text
+        (one update, not two)."""
+        drained = await self.drain()
+        now = time.monotonic()
+        since = now - self._ticked
+        if since >= TICK_INTERVAL + TEXT_INTERVAL or (drained and since >= TICK_INTERVAL):
+            self._ticked = now
+            self._tick()
 
     def _tick(self) -> None:
         if self.running:
             self.turn_view.tick()
-            if self.timings:
-                cancelling = self._cancel is not None and self._cancel.cancelled
-                self._set_running_header("cancelling" if cancelling else "running")
 
-    async def drain(self) -> None:
-        """Apply what the worker threads left in the buffer (called on a timer)."""
+    async def drain(self) -> bool:
+        """Apply what the worker threads left in the buffer; True if there was anything.
+
+        Called for tokens every TEXT_INTERVAL while a turn runs: each drain that writes text is a
+        screen update, and local models share the CPU with the app (llama.cpp uses every core), so
+        a screen update more is model time less. Any other event (a model starts, ends, fails; the
+        turn ends; a download progresses) wakes the app at once (`BufferWake`) and is applied with
+        the tokens before it: the last words of an answer are never held back."""
         items = self.buffer.take()
         if not items:
-            return
+            return False
         async with self._view_lock:
             await self._apply(items)
+        return True
 
     async def _apply(self, items: list) -> None:
         view = self.turn_view
@@ -466,6 +518,7 @@ class MoAApp(App[int]):
         self._update_titles()
 
     async def _turn_ended(self, item: TurnEnded) -> None:
+        self.turn_ended_at = time.perf_counter()
         try:
             status = self._turn_finished.status if self._turn_finished else "failed"
             self.turn_view.end_turn(status)
@@ -480,11 +533,13 @@ class MoAApp(App[int]):
             self.running = False
             self._cancel = None
             self._turn_worker = None
+            if self._drain_timer is not None:
+                self._drain_timer.pause()
             if self.gc_policy is not None:
                 self.call_after_refresh(self.gc_policy.turn_ended)
             if not self._closed:
-                self.chat_input.disabled = False
-                if self.screen is self.screen_stack[0]:
+                self.chat_input.set_busy(False)
+                if self.screen is self.screen_stack[0] and self.focused is None:
                     self.chat_input.focus()
             self.refresh_bindings()
 
@@ -694,6 +749,19 @@ class MoAApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.pipeline.pipeline))
+
+    def action_show_plan(self) -> None:
+        """F2: the memory plan the model pool follows for this pipeline (or one made now, in a thread)."""
+        from .screens.plan import PlanScreen
+
+        current_plan = getattr(self.pipeline.provider, "current_plan", None)  # only the local pool plans
+        plan = None
+        if current_plan is not None:
+            try:
+                plan = current_plan()
+            except Exception:  # noqa: BLE001 - advice only: the screen makes its own and says why not
+                plan = None
+        self.push_screen(PlanScreen(self.config, self.pipeline.pipeline, plan=plan))
 
     def action_toggle_history(self) -> None:
         main = self.query_one("#main")

@@ -24,7 +24,9 @@ COMMANDS = (
             "write the conversation, every layer included, to a Markdown file"),
     Command("ctrl+l", "switch_pipeline", "Pipeline", "Switch pipeline", "pick another pipeline from models.yaml"),
     Command("f1", "help", "Help", "Help", "keys, and what each layer of the pipeline does"),
-    Command("f2", "toggle_history", "History", "Show or hide the history", "the conversation's earlier turns"),
+    Command("f2", "show_plan", "Plan", "Memory plan",
+            "which models stay loaded, which load per layer, RAM or GPU (what `moa plan` prints)"),
+    Command("f3", "toggle_history", "History", "Show or hide the history", "the conversation's earlier turns"),
     Command("ctrl+q", "quit", "Quit", "Quit", "cancel the running turn, release the models, leave"),
 )
 

@@ -1,4 +1,10 @@
-"""The message box: Enter sends, Shift+Enter or Ctrl+J inserts a newline, Up recalls sent messages."""
+"""The message box: Enter sends, Shift+Enter or Ctrl+J inserts a newline, Up recalls sent messages.
+
+While a turn runs the box stays editable (the next message can be written meanwhile) but Enter does
+not send: `busy` dims Send in the footer. Keeping the box enabled and focused also keeps the
+footer's keys the same, so a turn's start and end cost no layout pass of the whole screen (CPU
+the models starting or finishing at that moment would miss).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +34,13 @@ class ChatInput(TextArea):
         def control(self) -> ChatInput:
             return self.chat_input
 
+    class Refused(Message):
+        """Enter while a turn runs: the text stays in the box."""
+
+        def __init__(self, chat_input: ChatInput) -> None:
+            super().__init__()
+            self.chat_input = chat_input
+
     def __init__(self, *, placeholder: str = "", id: str | None = None) -> None:
         super().__init__(
             "", placeholder=placeholder, id=id, soft_wrap=True, show_line_numbers=False, tab_behavior="focus",
@@ -35,6 +48,22 @@ class ChatInput(TextArea):
         )
         self.sent: list[str] = []  # earlier messages, oldest first, for Up
         self._recall: int | None = None  # index into `sent` while showing a recalled message
+        self.busy = False  # a turn runs: Enter does not send (see set_busy)
+
+    def set_busy(self, busy: bool) -> None:
+        """A turn started (True) or ended (False): Send is dimmed in the footer meanwhile."""
+        if busy != self.busy:
+            self.busy = busy
+            # A blinking cursor repaints its line twice a second; joined with the streaming panes'
+            # repaints in one screen update, that update would span the whole screen (Textual
+            # renders the bounding box of what changed). A steady cursor while a turn runs.
+            self.cursor_blink = not busy
+            self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "submit" and self.busy:
+            return None  # shown dimmed
+        return True
 
     async def _on_key(self, event: events.Key) -> None:
         # Runs before TextArea._on_key (which would insert "\n" for Enter); stopping the default
@@ -51,6 +80,9 @@ class ChatInput(TextArea):
     def action_submit(self) -> None:
         text = self.text
         if not text.strip() or self.disabled:
+            return
+        if self.busy:
+            self.post_message(self.Refused(self))
             return
         self.sent.append(text)
         self._recall = None

@@ -66,6 +66,7 @@ class ModelPane(Vertical, can_focus=True):
         self.first_token_at: float | None = None
         self._initial_text = ""
         self._ready = False  # set in on_mount (Widget.is_mounted turns true only after it)
+        self._shown_status: tuple[str, str] | None = None
         star = "★ " if ref.role == "final" else ""
         self.border_title = literal_content(f"{star}{ref.model_id} · {ref.role}")
 
@@ -117,6 +118,30 @@ class ModelPane(Vertical, can_focus=True):
             self.started_at = self.clock()
         self.refresh_status()
 
+    def reset(self, state: str) -> None:
+        """Empty again, for a new turn (see TurnView.show_layout): a live answer follows its end."""
+        had_notices, had_error = bool(self.notices), bool(self.error)
+        self.state = state
+        self.tokens = 0
+        self.text = self._initial_text = ""
+        self.error = None
+        self.stats = None
+        self.notices = []
+        self.download = None
+        self.started_at = self.first_token_at = None
+        if not self._ready:
+            return
+        view = self.view
+        view.follow = True
+        view.update("")
+        view.scroll_home(animate=False)
+        self._show_state()
+        if had_notices:
+            self._show_notices()
+        if had_error:
+            self._show_error()
+        self.refresh_status()
+
     def show_download(self, event: DownloadProgress) -> None:
         self.download = event
         self.set_state("downloading")
@@ -130,15 +155,16 @@ class ModelPane(Vertical, can_focus=True):
 
     def write(self, text: str, count: int) -> None:
         """Append streamed tokens (`count` of them, already joined into `text`)."""
+        self.tokens += count
+        self.text += text
+        self.view.append(literal(text))  # it follows the newest line while scrolled to the end
         if self.state != "generating":
             self.first_token_at = self.clock()
             if self.started_at is None:
                 self.started_at = self.first_token_at
             self.set_state("generating")
-        self.tokens += count
-        self.text += text
-        self.view.append(literal(text))  # it follows the newest line while scrolled to the end
-        self.refresh_status()
+        # Otherwise the status line (token count, tok/s) is redrawn by the app's timing tick, not
+        # per write: repainting it with the text would make every screen update span the whole pane.
 
     def finish(self, event: ModelFinished) -> None:
         self.stats = event.stats
@@ -222,6 +248,9 @@ class ModelPane(Vertical, can_focus=True):
             return
         status = self.status_text()
         style = STATE_STYLES.get(self.state, "$text-muted")
+        if (status, style) == self._shown_status:
+            return  # unchanged: no repaint
+        self._shown_status = (status, style)
         self.query_one(".pane-status", Static).update(Content.styled(literal(status), style), layout=False)
         mark = "★ " if self.ref.role == "final" else "▸ "
         summary = Content.styled(literal(f"{mark}{self.ref.model_id} · "), "") + Content.styled(literal(status), style)

@@ -27,7 +27,7 @@ from rich.markdown import Markdown as RichMarkdown
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
@@ -113,10 +113,18 @@ class MarkdownView(ScrollView, can_focus=False):
             return
         self._source += text
         self._tail += text
+        start, old_tail, old_count = len(self._lines), self._tail_lines, self.line_count
         self._split_tail()
         if self._width:
             self._tail_lines = self._render(self._tail, self._tail_tokens, first=not self._lines)
-            self._changed()
+            # Only the lines from the old tail on can differ; usually just the last one or two.
+            new = self._lines[start:] + self._tail_lines if len(self._lines) > start else self._tail_lines
+            same = 0
+            for before, after in zip(old_tail, new, strict=False):
+                if before != after:
+                    break
+                same += 1
+            self._changed(start + same, max(old_count, self.line_count))
 
     def update(self, text: str) -> None:
         """Replace the whole text."""
@@ -177,20 +185,32 @@ class MarkdownView(ScrollView, can_focus=False):
         self._tail_lines = self._render(self._tail, None, first=not self._blocks)
         self._changed()
 
-    def _changed(self) -> None:
-        """New lines: repaint this widget only. Assigning `virtual_size` would make Textual lay out
-        the whole screen again (it is a layout reactive), once per frame per growing pane; the
-        size of this widget does not depend on its text, so the scrollbars are updated directly.
-        A following view scrolled to the end stays at the end (until the user scrolls up)."""
+    def _changed(self, first: int = 0, end: int | None = None) -> None:
+        """Lines `first` to `end` (default: all) changed: repaint those of them in view, nothing else.
+
+        Assigning `virtual_size` would make Textual lay out the whole screen again (it is a layout
+        reactive), once per frame per growing pane; the size of this widget does not depend on its
+        text, so the scrollbars are updated directly. A following view scrolled to the end stays at
+        the end (until the user scrolls up): scrolling repaints the whole view. Otherwise only the
+        changed lines are repainted: every screen update composes each widget under the repainted
+        region, so a line costs far less than the whole pane (models sharing the CPU with the app
+        get the difference)."""
         size = Size(self._width, self.line_count)
+        scroll_y = self.scroll_y
         if size != self.virtual_size:
-            at_end = self.scroll_y >= self.max_scroll_y
+            at_end = scroll_y >= self.max_scroll_y
             self.set_reactive(Widget.virtual_size, size)
             if self.container_size:
                 self._scroll_update(size)
                 if self.follow and at_end and self.max_scroll_y > self.scroll_y:
                     self.scroll_y = self.max_scroll_y
-        self.refresh()
+        if end is None or self.scroll_y != scroll_y:
+            self.refresh()
+            return
+        top, height = round(self.scroll_y), self.scrollable_content_region.height
+        first, end = max(first, top), min(end, top + height)
+        if end > first:
+            self.refresh(Region(0, first - top, max(self._width, self.size.width), end - first))
 
     def on_resize(self, event: events.Resize) -> None:
         self._style = self.rich_style

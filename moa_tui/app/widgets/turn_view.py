@@ -73,9 +73,9 @@ class LayerColumn(Vertical):
 
     def set_summary(self, text: str) -> None:
         self.summary = text
-        if self._ready:
+        if self._ready:  # one line, fixed height: no layout pass
             self.query_one(".layer-header", Static).update(
-                literal_content(f"{self.title} · {text}" if text else self.title))
+                literal_content(f"{self.title} · {text}" if text else self.title), layout=False)
 
     @property
     def compact(self) -> bool:
@@ -83,6 +83,16 @@ class LayerColumn(Vertical):
             return False
         rows = self.size.height - 1  # the header line
         return len(self.panes) * PANE_MIN_ROWS > rows
+
+    def reset(self, state: str) -> None:
+        """Ready for a new turn: every pane empty, the first one shown, nothing pinned."""
+        for pane in self.panes:
+            pane.reset(state)
+        if self.summary:
+            self.set_summary("")
+        self.expanded = self.panes[0] if self.panes else None
+        self.pinned = False
+        self.update_compact()
 
     def update_compact(self) -> None:
         if not self._ready:
@@ -135,7 +145,17 @@ class TurnView(Vertical):
     async def show_layout(
         self, refs: tuple[tuple[ModelRef, ...], ...], names: Sequence[str | None] = (), *, state: str = "queued",
     ) -> None:
-        """Replace the grid with fresh panes for `refs` (a new turn, or the idle layout)."""
+        """Empty panes for `refs` (a new turn, or the idle layout).
+
+        When the grid already has these models under these titles (the next turn of the same
+        pipeline), its panes are emptied and reused: mounting a grid of panes means several layout
+        passes of the whole screen, CPU that the models starting at that moment would miss."""
+        titles = [layer_title(li, name, layer_refs) for li, (layer_refs, name) in
+                  enumerate(zip(refs, [*names, *[None] * (len(refs) - len(names))], strict=False))]
+        if refs and refs == self.refs and titles == [column.title for column in self.columns] and self._ready:
+            for column in self.columns:
+                column.reset(state)
+            return
         panes_by_layer = [
             [ModelPane(ref, timings=self.timings, clock=self.clock, state=state) for ref in layer] for layer in refs
         ]

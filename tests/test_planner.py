@@ -515,4 +515,4 @@ async def test_f2_in_the_app_shows_the_plan_the_pool_follows(gemma_path, smollm2
         await pilot.press("f3")
         await pilot.pause()
         assert app.history.display is not shown
-        await app.shutdown()
+        await pilot.press("ctrl+q")

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.app import App
 from textual.binding import Binding
@@ -68,16 +69,14 @@ from ..transcript import (
 )
 from .commands import MoACommands
 from .keys import COMMANDS as APP_COMMANDS
-from .screens.downloads import DownloadScreen, MissingModelsScreen
-from .screens.help import HelpScreen
-from .screens.pipelines import PipelineScreen, layout_text
-from .screens.transcripts import OpenTranscriptScreen
-from .screens.turn import TurnScreen
-from .text import one_line
+from .text import layout_text, one_line
 from .widgets.chat_input import ChatInput
 from .widgets.footer import QuietFooter
 from .widgets.history import HistoryPanel, TurnCard
 from .widgets.turn_view import TurnView, turn_header
+
+if TYPE_CHECKING:  # the screens are imported when first shown: a faster first frame
+    from .screens.downloads import DownloadScreen
 
 TEXT_INTERVAL = 1 / 8  # seconds between two drains of streamed tokens while a turn runs (one screen update each)
 TICK_INTERVAL = 0.25  # live timings (thinking time, tokens/s) refresh
@@ -255,7 +254,7 @@ class MoAApp(App[int]):
         self._turn_text = ""
         self._turn_started = 0.0
         self._turn_finished: TurnFinished | None = None
-        self._download_screen: DownloadScreen | None = None
+        self._download_screen: DownloadScreen | None = None  # screens are imported when first shown
         self._download_mode = ""  # "pull" (before any turn) or "turn" (a turn needs a file)
         self._pull_cancel: threading.Event | None = None
         self._pull_worker: Worker | None = None
@@ -550,6 +549,8 @@ class MoAApp(App[int]):
         label = event.ref.model_id if event.ref is not None else "download"
         if self._download_screen is None:
             who = f"{label} is" if event.ref is not None else "Some models are"
+            from .screens.downloads import DownloadScreen
+
             screen = DownloadScreen(f"{who} not on disk yet; downloading for this turn (once: it stays cached).",
                                     self.action_cancel_turn, timings=self.timings)
             self._download_screen, self._download_mode = screen, "turn"
@@ -584,6 +585,8 @@ class MoAApp(App[int]):
         if not item.missing:
             return
         if self.offline:
+            from .screens.downloads import MissingModelsScreen
+
             await self.push_screen(MissingModelsScreen(self.pipeline_name, item.missing))
             return
         if self.running or self._download_screen is not None:
@@ -591,6 +594,8 @@ class MoAApp(App[int]):
         names = ", ".join(s.id for s in item.specs) or ", ".join(item.missing)
         cancel = threading.Event()
         self._pull_cancel = cancel
+        from .screens.downloads import DownloadScreen
+
         screen = DownloadScreen(f"Not on disk yet: {names}. Downloading once; they stay in the cache.",
                                 cancel.set, timings=self.timings)
         self._download_screen, self._download_mode = screen, "pull"
@@ -680,6 +685,8 @@ class MoAApp(App[int]):
         except (OSError, TranscriptError) as exc:
             self.notify(str(exc), title="Cannot list transcripts", severity="error", markup=False)
             return
+        from .screens.transcripts import OpenTranscriptScreen
+
         self.push_screen(OpenTranscriptScreen(summaries), self._open_chosen)
 
     async def _open_chosen(self, conversation_id: str | None) -> None:
@@ -721,6 +728,8 @@ class MoAApp(App[int]):
         self.notify(str(path), title="Exported to Markdown", markup=False, timeout=10)
 
     def action_switch_pipeline(self) -> None:
+        from .screens.pipelines import PipelineScreen
+
         self.push_screen(PipelineScreen(self.config, self.pipeline_name), self._pipeline_chosen)
 
     async def _pipeline_chosen(self, name: str | None) -> None:
@@ -748,6 +757,8 @@ class MoAApp(App[int]):
         self._check_models()
 
     def action_help(self) -> None:
+        from .screens.help import HelpScreen
+
         self.push_screen(HelpScreen(self.pipeline.pipeline))
 
     def action_show_plan(self) -> None:
@@ -774,6 +785,8 @@ class MoAApp(App[int]):
         if 0 <= message.index < len(turns):
             record = turns[message.index]
             names = self._layer_names(record.pipeline, len(record.layers))
+            from .screens.turn import TurnScreen
+
             await self.push_screen(TurnScreen(record, message.index, names, timings=self.timings))
 
     async def action_quit(self) -> None:

@@ -89,3 +89,8 @@ def progress_bar(done: int, total: int | None, width: int) -> Content:
     rest = bar_width - filled - len(head)
     bar = Content("━" * filled + head).stylize("$accent") + Content("━" * rest).stylize("$panel-lighten-2")
     return bar + Content(f" {fraction * 100:3.0f}%")
+
+
+def layout_text(pipeline) -> str:
+    """`2 → 1 → 1 models` (models per layer of a `config.Pipeline`)."""
+    return " → ".join(str(len(layer.models)) for layer in pipeline.layers) + " models"

@@ -9,13 +9,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ...config import Config, Pipeline
-from ..text import literal_content
-
-
-def layout_text(pipeline: Pipeline) -> str:
-    """`2 → 1 → 1 models` (models per layer)."""
-    return " → ".join(str(len(layer.models)) for layer in pipeline.layers) + " models"
+from ...config import Config
+from ..text import layout_text, literal_content
 
 
 class PipelineScreen(ModalScreen[str | None]):

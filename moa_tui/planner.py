@@ -144,6 +144,7 @@ class ModelPlan:
     fits: bool = True  # False: does not fit the budget even alone
     threads: dict[int, int] = field(default_factory=dict)  # layer -> n_threads while it runs there
     threads_set_by_user: bool = False
+    saved_states: int = 0  # bytes of per-role KV snapshots it may keep in RAM (0: it serves one role)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -200,6 +201,7 @@ class ModelPlan:
             "n_layers": size.n_layers if size else None,
             "n_gpu_layers_setting": self.gpu_setting, "gpu_layers": self.gpu_layers,
             "n_gpu_layers": self.n_gpu_layers, "placement": self.placement,
+            "saved_states": self.saved_states,
             "ram": self.ram, "vram": self.vram, "resident": self.resident, "fits": self.fits,
             "threads": {str(li + 1): n for li, n in sorted(self.threads.items())},
             "notes": self.notes,
@@ -255,6 +257,7 @@ class _Alloc:
 def plan(pipeline: Pipeline, infos: Mapping[str, ModelSize | Unknown | None], budget: Budget) -> Plan:
     """The memory plan of `pipeline` for these model sizes (by spec id; missing = not downloaded)."""
     models = _group(pipeline, infos)
+    _plan_saved_states(models)
     result = Plan(pipeline.name, pipeline.parallel, models, budget)
     _plan_threads(pipeline, models, budget)
     local = [i for i, m in enumerate(models) if not m.remote]
@@ -324,6 +327,21 @@ def _group(pipeline: Pipeline, infos: Mapping[str, ModelSize | Unknown | None]) 
     return models
 
 
+def _plan_saved_states(models: list[ModelPlan]) -> None:
+    """A model serving several roles keeps a KV snapshot per role in host RAM (backends/llama.py), at
+    most SAVED_STATES_MAX of them and SAVED_STATE_BYTES_MAX in all; each is at most its KV cache."""
+    from .backends.base import SAVED_STATE_BYTES_MAX, SAVED_STATES_MAX
+
+    for model in models:
+        roles = sum(model.uses.values())
+        if model.remote or model.size is None or roles < 2:
+            continue
+        model.saved_states = min(SAVED_STATE_BYTES_MAX, min(roles, SAVED_STATES_MAX) * model.size.kv_cache)
+        model.notes.append(
+            f"serves {roles} roles: keeps up to {_size(model.saved_states)} of saved KV states in RAM, so "
+            "each role's history is not evaluated again every turn")
+
+
 def _priority(pipeline: Pipeline, model: ModelPlan, index: int) -> tuple:
     """Who stays resident first: used in more layers, the final model, bigger, earlier in the pipeline."""
     final = len(pipeline.layers) - 1 in model.layers
@@ -377,6 +395,7 @@ def _allocate(models: list[ModelPlan], budget: Budget, moments: list[set[int]], 
             ram, vram = 0.0, on_gpu + size.compute
         else:  # both sides keep a compute buffer
             ram, vram = on_cpu + size.compute, on_gpu + size.compute
+        ram += models[i].saved_states  # snapshots are copied to host memory wherever the layers run
         alloc.gpu[i], alloc.ram[i], alloc.vram[i] = layers, math.ceil(ram), math.ceil(vram)
         for k in live:
             alloc.ram_at[k] += alloc.ram[i]
@@ -429,8 +448,9 @@ def _too_big(model: ModelPlan, ram: int, budget: Budget) -> str:
     assert size is not None
     n_ctx = model.load[0] or 4096
     advice = []
-    kv_per_token = size.kv_cache / n_ctx if n_ctx else 0
-    room = (budget.ram or 0) - (ram - size.kv_cache)
+    per_context = size.kv_cache + model.saved_states  # both grow with n_ctx (saved states: up to their cap)
+    kv_per_token = per_context / n_ctx if n_ctx else 0
+    room = (budget.ram or 0) - (ram - per_context)
     candidate = n_ctx // 2
     while candidate >= 512 and kv_per_token:
         if candidate * kv_per_token <= room:
@@ -441,9 +461,10 @@ def _too_big(model: ModelPlan, ram: int, budget: Budget) -> str:
     if budget.gpu_offload and model.gpu_setting != "auto" and budget.vram:
         advice.append("put layers on the GPU (n_gpu_layers: auto)")
     advice.append("raise memory.ram_gb if the machine has more free")
+    saved = f" + {_size(model.saved_states)} saved KV states" if model.saved_states else ""
     return (f"{model.name}: does not fit even alone: needs about {_size(ram)} of RAM "
             f"({_size(size.weights)} weights + {_size(size.kv_cache)} KV cache for n_ctx {n_ctx} "
-            f"+ {_size(size.compute)} compute), more than {_ram_name(budget)}; {'; or '.join(advice)}")
+            f"+ {_size(size.compute)} compute{saved}), more than {_ram_name(budget)}; {'; or '.join(advice)}")
 
 
 def _crowded(pipeline: Pipeline, models: list[ModelPlan], moments: list[set[int]], alloc: _Alloc,
@@ -691,7 +712,8 @@ def plan_rows(result: Plan) -> list[list[str]]:
             rows.append([m.name, "?", "?", "?", "?", m.threads_text, f"swapped ({m.unknown or NOT_DOWNLOADED})"])
             continue
         where = m.residency if m.fits else "does not fit"
-        rows.append([m.name, _size(size.file_size), _size(size.kv_cache), _size(size.total), m.placement,
+        kv = _size(size.kv_cache) + (f" + {_size(m.saved_states)} saved" if m.saved_states else "")
+        rows.append([m.name, _size(size.file_size), kv, _size(size.total + m.saved_states), m.placement,
                      m.threads_text, where])
     return rows
 

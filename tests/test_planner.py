@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -154,8 +155,33 @@ def test_one_file_used_by_several_roles_or_samples_is_counted_once():
         result = plan(pipeline, sizes, cpu(16))
         [shared] = [m for m in result.models if "final" in m.ids]
         assert shared.ids == ids and shared.resident
-        expected = size.total + (sizes["gemma3"].total if name == "tiny" else 0)
+        roles = len(ids)  # one saved KV state per role, each at most the KV cache
+        assert shared.saved_states == roles * size.kv_cache
+        assert any(f"serves {roles} roles" in note for note in shared.notes)
+        expected = size.total + roles * size.kv_cache + (sizes["gemma3"].total if name == "tiny" else 0)
         assert result.ram_peak == pytest.approx(expected, abs=10)
+        assert [m.saved_states for m in result.models if "final" not in m.ids] == ([0] if name == "tiny" else [])
+
+
+def test_saved_kv_states_are_capped_and_can_make_a_shared_model_swap():
+    """One saved state per role, each up to the KV cache (60 MB here), at most 256 MiB in all; counted in
+    RAM, so a budget that would hold every model without them no longer keeps them all resident."""
+    from moa_tui.backends.base import SAVED_STATE_BYTES_MAX
+
+    config = load_config(SHIPPED_CONFIG)
+    pipeline = config.pipeline("tiny")
+    size = ModelSize("/m/smollm2.gguf", 98 * MB, 98 * MB, 60 * MB, 50 * MB, 30)
+    gemma = ModelSize("/m/gemma.gguf", 253 * MB, 253 * MB, 38 * MB, 60 * MB, 18)
+    sizes = {s.id: size for s in pipeline.all_models() if s.id != "gemma3"} | {"gemma3": gemma}
+    result = plan(pipeline, sizes, cpu(16))
+    shared = result.for_spec("final")
+    assert shared.saved_states == 3 * 60 * MB and shared.ram == size.total + 3 * 60 * MB
+    three_times = replace(pipeline.layers[0], models=[*pipeline.layers[0].models] * 3)
+    crowded = plan(replace(pipeline, layers=[three_times, *pipeline.layers[1:]]), sizes, cpu(16))
+    assert sum(crowded.for_spec("final").uses.values()) == 5  # 5 x 60 MB of states: over the cap
+    assert crowded.for_spec("final").saved_states == SAVED_STATE_BYTES_MAX
+    tight = size.total + gemma.total + 3 * 60 * MB - 1  # everything resident needs one byte more
+    assert not plan(pipeline, sizes, cpu(tight / GB)).all_resident
 
 
 def test_models_not_downloaded_are_planned_swapped_and_named():
@@ -333,8 +359,10 @@ def swap_config(write_config, path, *, ram_gb=None, parallel=False, extra=""):
 
 
 def tight_ram_gb(smollm2_path) -> float:
-    """Room for one SmolLM2 (either n_ctx) but not for both at once."""
-    big = ModelSize.of_file(str(smollm2_path), ModelSettings(n_ctx=2048)).total
+    """Room for one SmolLM2 (either n_ctx) but not for both at once. The n_ctx 2048 load serves two
+    roles (a, final), so it also keeps up to two saved KV states."""
+    size = ModelSize.of_file(str(smollm2_path), ModelSettings(n_ctx=2048))
+    big = size.total + 2 * size.kv_cache
     small = ModelSize.of_file(str(smollm2_path), ModelSettings(n_ctx=1024)).total
     assert big + small > big * 1.3
     return round(big * 1.3 / GB, 4)

@@ -28,7 +28,15 @@ from typing import Any
 
 from ..config import ModelSettings
 from ..events import GenerationStats
-from .base import CancelToken, ChatResult, Message, ModelError, TokenCallback
+from .base import (
+    SAVED_STATE_BYTES_MAX,
+    SAVED_STATES_MAX,
+    CancelToken,
+    ChatResult,
+    Message,
+    ModelError,
+    TokenCallback,
+)
 from .chat_templates import PromptFormatter
 from .streaming import IncrementalDecoder, StopMatcher
 
@@ -142,13 +150,9 @@ def _default_threads() -> int:
 
 # -- per-session KV snapshots -------------------------------------------------------------------------
 
-# Bounds of one model's snapshot store. A snapshot is the KV cache of the tokens it holds: SmolLM2-135M
-# takes 23 KB per token (f16), so 23 MB for a 1000-token conversation and 47 MB for a full n_ctx 2048;
-# a 1.5B model with GQA about 28 KB per token, an 8B one 128 KB. Eight snapshots cover every role a
-# pipeline realistically gives one model (proposer, aggregator, final, a few Self-MoA samples); the byte
-# budget keeps a long conversation on a big model from holding gigabytes of host RAM.
-DEFAULT_MAX_STATES = 8
-DEFAULT_MAX_STATE_BYTES = 256 * 1024 * 1024
+# Bounds of one model's snapshot store: base.py says why these (the memory planner counts them too).
+DEFAULT_MAX_STATES = SAVED_STATES_MAX
+DEFAULT_MAX_STATE_BYTES = SAVED_STATE_BYTES_MAX
 # Restoring a snapshot costs a memcpy (about 3 ms per 1000 SmolLM2 tokens here); evaluating this many
 # prompt tokens costs more than that on any device, so a smaller gain is not worth the load.
 MIN_RESTORE_GAIN = 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -13,6 +14,13 @@ import pytest
 # that made a tiny turn take 25-60 s instead of 5 (see BENCHMARKS.md). Set before llama_cpp loads,
 # and inherited by the `moa` subprocesses the tests start.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+# A test run started in the background without job control (`pytest &` in a script, nohup) ignores
+# SIGINT, and the `moa` processes the tests start would inherit that: the tests that press Ctrl+C
+# (send SIGINT) would see it ignored. A Python-level handler is reset to the default at exec, so
+# installing one here gives those processes their SIGINT back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO / "models.yaml"

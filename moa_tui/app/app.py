@@ -263,7 +263,7 @@ class MoAApp(App[int]):
         self._drain_timer: Timer | None = None
         self._header_status = ""  # the running turn's status, as shown in the header
         self.turn_ended_at: float | None = None  # time.perf_counter() when the last turn's end was shown
-        self._closed = False
+        self._shut_down = False  # not `_closed`: Textual's MessagePump uses that name (a closed message loop)
 
     def _make_pipeline(self, name: str | None) -> MoAPipeline:
         return MoAPipeline(self.config, name, provider=self.provider, offline=self.offline)
@@ -350,7 +350,7 @@ class MoAApp(App[int]):
 
     async def send(self, text: str) -> None:
         """Start a turn with `text` (what Enter in the message box does)."""
-        if self.running or self._closed or not text.strip():
+        if self.running or self._shut_down or not text.strip():
             return
         self.running = True
         self.chat_input.set_busy(True)
@@ -536,7 +536,7 @@ class MoAApp(App[int]):
                 self._drain_timer.pause()
             if self.gc_policy is not None:
                 self.call_after_refresh(self.gc_policy.turn_ended)
-            if not self._closed:
+            if not self._shut_down:
                 self.chat_input.set_busy(False)
                 if self.screen is self.screen_stack[0] and self.focused is None:
                     self.chat_input.focus()
@@ -578,7 +578,7 @@ class MoAApp(App[int]):
         self.run_worker(check, name="moa-check-models", group="check", thread=True, exit_on_error=False)
 
     async def _models_checked(self, item: ModelsChecked) -> None:
-        if item.pipeline != self.pipeline_name or self._closed:
+        if item.pipeline != self.pipeline_name or self._shut_down:
             return
         if item.error:
             self.notify(item.error, title="Could not check the models on disk", severity="warning", markup=False)
@@ -637,7 +637,7 @@ class MoAApp(App[int]):
         self._pull_worker = None
         if screen is not None:
             screen.close()
-        if not self.running and not self._closed:
+        if not self.running and not self._shut_down:
             self.chat_input.disabled = False
             self.chat_input.focus()
         if item.cancelled:
@@ -795,9 +795,9 @@ class MoAApp(App[int]):
         self.exit(0)
 
     async def shutdown(self) -> None:
-        if self._closed:
+        if self._shut_down:
             return
-        self._closed = True
+        self._shut_down = True
         if self._pull_cancel is not None:
             self._pull_cancel.set()
         await self.stop_turn()
@@ -815,9 +815,9 @@ class MoAApp(App[int]):
 
     def shutdown_sync(self, timeout: float = 30.0) -> None:
         """After the app loop ended some other way: stop the turn thread, then free the models."""
-        if self._closed:
+        if self._shut_down:
             return
-        self._closed = True
+        self._shut_down = True
         if self._cancel is not None:
             self._cancel.cancel()
         if self._pull_cancel is not None:

@@ -5,7 +5,7 @@ How the pieces meet:
 - A turn runs `MoAPipeline.run_turn` in a thread worker. That thread only appends the events to an
   `EventBuffer` (a list under a lock): it never calls into the UI, so a model never waits for
   the screen.
-- The UI drains the buffer on its own clock: tokens every 1/10 s while a turn runs; any other
+- The UI drains the buffer on its own clock: tokens every TEXT_INTERVAL while a turn runs; any other
   event wakes it at once (each drain is a screen update, and the screen shares the CPU with the
   models: see `drain`). Consecutive tokens of one pane are joined into one write, so a pane gets
   at most one append per drain however fast the models are (and an append re-renders only the

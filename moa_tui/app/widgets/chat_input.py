@@ -63,7 +63,7 @@ class ChatInput(TextArea):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "submit" and self.busy:
             return None  # shown dimmed
-        return True
+        return super().check_action(action, parameters)
 
     async def _on_key(self, event: events.Key) -> None:
         # Runs before TextArea._on_key (which would insert "\n" for Enter); stopping the default

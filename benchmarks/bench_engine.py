@@ -1,6 +1,7 @@
 """Engine overhead: a full `tiny` turn through moa vs the same model calls made with raw `Llama.generate()`.
 
-moa side: `MoAPipeline` over the real `LocalModelPool` (save=False), greedy, every event consumed.
+moa side: `MoAPipeline` over the real `LocalModelPool` (save=False), greedy, every event consumed,
+`parallel: false` (the raw side makes its calls one after the other; `parallel` measures the split).
 Raw side: for each model call moa made, the same prompt tokens (recorded at moa's `Llama.generate()`),
 the same sampling arguments and exactly the same number of sampled tokens (each detokenized), made
 with `Llama.generate()` on a plain `llama_cpp.Llama` with the same load settings, in a fresh thread
@@ -42,7 +43,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     use_temp_data_dir()
     from moa_tui.transcript import new_conversation
 
-    config = bench_config(max_tokens=4 if quick else None)
+    config = bench_config(max_tokens=4 if quick else None, parallel=False)  # raw replays run one by one
     pipeline, recorder = recording_pipeline(config)
     specs = {spec.id: spec for spec in pipeline.pipeline.all_models()}
     paths = {spec_id: model_path(spec) for spec_id, spec in specs.items()}

@@ -2,9 +2,10 @@
 
 Two pipelines (real `LocalModelPool`, greedy, models loaded and a warm-up turn first), the same
 questions, turns alternating between them (order rotates). With `parallel: true` the two proposers
-(SmolLM2 and Gemma, each with llama.cpp's default of all cores as threads) run at the same time;
-with `false` one after the other. Reports the turn's wall time and layer 1's (the proposers).
-The check: is the shipped default (`parallel: false` for `tiny`) the faster choice here (within 5%)?
+(SmolLM2 and Gemma) run at the same time, the planner splitting the cores between them (one thread
+each on two cores); with `false` one after the other, each with all cores. Reports the turn's wall
+time and layer 1's (the proposers).
+The check: is the shipped setting (`parallel` of `tiny`) the faster choice here (within 5%)?
 """
 
 from __future__ import annotations

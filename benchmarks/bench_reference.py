@@ -13,8 +13,8 @@ with `logit_bias`), greedy, with moa's sampling settings. The conversation goes 
 reference's own final answers as history.
 
 moa side: a new `MoAPipeline` per run (real `LocalModelPool`, models loaded before the first turn,
-untimed; servers are started untimed too), the shipped `tiny` pipeline with its default
-`parallel: false`. 3 turns per side; runs alternate which side goes first.
+untimed; servers are started untimed too), the shipped `tiny` pipeline with its shipped `parallel`
+setting. 3 turns per side; runs alternate which side goes first.
 Target: moa <= 0.8 x the reference approach's wall time.
 """
 

@@ -106,7 +106,7 @@ class Headless:
         from moa_tui.cli import _AskPrinter
 
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(io.StringIO()):
-            printer = _AskPrinter(show_layers=False, json_mode=False, parallel=False)
+            printer = _AskPrinter(show_layers=False, json_mode=False, parallel=self.pipeline.pipeline.parallel)
             started = time.perf_counter()
             for event in self.pipeline.run_turn(self.conversation, question):
                 printer.handle(event)

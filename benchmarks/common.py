@@ -209,7 +209,7 @@ class Call:
     tokens: list[int]
     kwargs: dict
     sampled: list[int] = field(default_factory=list)  # every token generate() yielded (EOS included)
-    label: str = ""  # the pane (model id in the pipeline), filled in by the turn runner
+    label: str = ""  # the pane (model id in the pipeline) whose chat() made the call
 
     def sampling(self) -> dict:
         return {k: v for k, v in self.kwargs.items() if k in SAMPLING_KEYS}
@@ -234,16 +234,35 @@ def recording_loader(recorder: Recorder) -> Callable:
         model = LlamaChatModel(model_id, path, settings)
         recorder.loads.append(str(path))
         wrap_generate(model._llm, model_id, str(path), recorder)
+        wrap_chat(model)
         return model
 
     return load
+
+
+_calling = threading.local()  # the pane whose chat() runs on this thread, for labelling its calls
+
+
+def wrap_chat(model) -> None:
+    """Note which pane (its session key, "layer:index:id") each chat() call on `model` is for."""
+    original = model.chat
+
+    def chat(*args, session: str | None = None, **kwargs):
+        _calling.label = session.split(":", 2)[2] if session else ""
+        try:
+            return original(*args, session=session, **kwargs)
+        finally:
+            _calling.label = ""
+
+    model.chat = chat
 
 
 def wrap_generate(llm, model_id: str, path: str, recorder: Recorder) -> None:
     original = llm.generate
 
     def generate(tokens, **kwargs):
-        call = Call(model_id=model_id, path=path, tokens=list(tokens), kwargs=dict(kwargs))
+        call = Call(model_id=model_id, path=path, tokens=list(tokens), kwargs=dict(kwargs),
+                    label=getattr(_calling, "label", ""))
         recorder.calls.append(call)
         if recorder.logits_processor is not None and kwargs.get("logits_processor") is None:
             kwargs["logits_processor"] = recorder.logits_processor
@@ -307,17 +326,15 @@ class TurnResult:
 
 def run_turn(pipeline, conversation, question: str, recorder: Recorder | None = None) -> TurnResult:
     """One turn, every event consumed (as `moa ask` does, minus printing); timed from call to end."""
-    from moa_tui.events import LayerFinished, ModelFailed, ModelFinished, ModelStarted, TurnFinished
+    from moa_tui.events import LayerFinished, ModelFailed, ModelFinished, TurnFinished
 
     if recorder is not None:
         recorder.take()
-    stats, layer_done, failures, started = {}, {}, [], []
+    stats, layer_done, failures = {}, {}, []
     status, reply = "?", ""
     t0 = time.perf_counter()
     for event in pipeline.run_turn(conversation, question):
-        if isinstance(event, ModelStarted):
-            started.append(event.ref.model_id)
-        elif isinstance(event, ModelFinished):
+        if isinstance(event, ModelFinished):
             stats[event.ref.model_id] = event.stats
         elif isinstance(event, ModelFailed):
             failures.append(event.error)
@@ -327,9 +344,6 @@ def run_turn(pipeline, conversation, question: str, recorder: Recorder | None = 
             status, reply = event.status, event.reply
     wall = time.perf_counter() - t0
     calls = recorder.take() if recorder is not None else []
-    if not pipeline.pipeline.parallel and len(calls) == len(started):
-        for call, label in zip(calls, started, strict=True):
-            call.label = label
     return TurnResult(wall, status, stats, layer_done, calls, failures, reply)
 
 

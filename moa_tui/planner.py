@@ -230,6 +230,12 @@ class Plan:
     def for_spec(self, spec_id: str) -> ModelPlan | None:
         return next((m for m in self.models if spec_id in m.ids), None)
 
+    def at_once(self, layer: int) -> int:
+        """How many local model files answer at the same time in `layer` (what its cores are split by)."""
+        if not self.parallel:
+            return 1
+        return sum(1 for m in self.models if layer in m.uses and not m.remote)
+
     def to_dict(self) -> dict[str, Any]:
         b = self.budget
         return {
@@ -433,7 +439,7 @@ def _plan_threads(pipeline: Pipeline, models: list[ModelPlan], budget: Budget) -
     """Split the cores between the local models a parallel layer runs at once; all cores otherwise."""
     for li, layer in enumerate(pipeline.layers):
         at_once = {i for i, m in enumerate(models) if li in m.uses and not m.remote}
-        k = len(at_once) if pipeline.parallel else 1
+        k = len(at_once) if pipeline.parallel else 1  # as Plan.at_once
         for i in at_once:
             spec = next(s for s in layer.models if s.id in models[i].ids)
             models[i].threads[li] = spec.settings.n_threads or max(1, budget.cpu_count // max(1, k))
@@ -532,7 +538,8 @@ def _plan_notes(result: Plan, pipeline: Pipeline) -> None:
         if split and split != [budget.cpu_count]:
             result.notes.append(
                 f"parallel layers split the {budget.cpu_count} CPU cores between the models running at once "
-                "(threads column), set before each answer without reloading")
+                "(threads column), set before each answer without reloading; when one is done, those still "
+                "answering take its cores")
 
 
 # -- real inputs --------------------------------------------------------------------------------

@@ -287,9 +287,10 @@ pipelines:
 class CountingLoader:
     """Loads real models; remembers every model it made (to see which were closed) and its thread counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_layer_together: threading.Barrier | None = None) -> None:
         self.models: list[LlamaChatModel] = []
         self.threads: dict[str, list[int]] = {}
+        self.together = first_layer_together  # layer 1's answers wait here until all have started
 
     def __call__(self, model_id, path, settings):
         import llama_cpp
@@ -299,6 +300,8 @@ class CountingLoader:
         original = model.chat
 
         def chat(messages, settings, cancel, on_token, **options):
+            if self.together is not None and str(options.get("session")).startswith("0:"):
+                self.together.wait(60)
             self.threads.setdefault(threading.current_thread().name, []).append(
                 int(llama_cpp.llama_n_threads(model._llm.ctx)))
             return original(messages, settings, cancel, on_token, **options)
@@ -465,7 +468,7 @@ def test_parallel_layer_splits_the_cores_without_reloading(write_config, smollm2
     """Two loads run at once in layer 1: each gets cores // 2 threads; the final layer gets every core."""
     extra = f'- {{id: c, source: {{path: "{smollm2_path}"}}, n_ctx: 1024}}'
     config = swap_config(write_config, smollm2_path, parallel=True, extra=extra)
-    loader = CountingLoader()
+    loader = CountingLoader(first_layer_together=threading.Barrier(2))  # so neither finishes first
     pool = LocalModelPool(loader=loader)
     pipeline = MoAPipeline(config, provider=pool, save=False)
     try:
@@ -544,3 +547,127 @@ async def test_f2_in_the_app_shows_the_plan_the_pool_follows(gemma_path, smollm2
         await pilot.pause()
         assert app.history.display is not shown
         await pilot.press("ctrl+q")
+
+
+class ThreadAsks:
+    """A stand-in model for the pool's core sharing: it only notes the thread counts it is given."""
+
+    def __init__(self, model_id, path, settings):
+        self.model_id, self.n_ctx, self.notices = model_id, settings.n_ctx or 2048, []
+        self.given: list[int] = []  # set_threads: before an answer, by the thread holding the model
+        self.asked: list[int] = []  # request_threads: from another thread, while answering
+
+    def set_threads(self, n: int) -> None:
+        self.given.append(n)
+
+    def request_threads(self, n: int) -> None:
+        self.asked.append(n)
+
+    def close(self) -> None:
+        pass
+
+
+def test_models_still_answering_take_the_cores_of_those_done_and_give_them_back(write_config, smollm2_path):
+    """6 cores, 3 at once: 2 each; when one is done the other two get 3; when it starts again, 2 each."""
+    yaml = f"""
+    version: 1
+    pipelines:
+      p:
+        parallel: true
+        layers:
+          - models:
+              - {{id: a, source: {{path: "{smollm2_path}"}}, n_ctx: 2048}}
+              - {{id: b, source: {{path: "{smollm2_path}"}}, n_ctx: 1024}}
+              - {{id: c, source: {{path: "{smollm2_path}"}}, n_ctx: 512}}
+          - models:
+              - {{id: final, source: {{path: "{smollm2_path}"}}, n_ctx: 2048}}
+    """
+    config = write_config(yaml)
+    pool = LocalModelPool(loader=ThreadAsks, budget=Budget(ram=None, vram=None, gpu_offload=False, cpu_count=6))
+    pipeline = config.pipeline(None)
+    pool.prepare(pipeline, config.memory)
+    specs = pipeline.layers[0].models
+    refs = [ModelRef(0, i, spec.id, "proposer") for i, spec in enumerate(specs)]
+
+    def opened(i):
+        return pool.open(specs[i], refs[i], lambda _e: None, CancelToken())
+
+    with opened(1) as b:
+        with opened(2) as c:
+            with opened(0) as a:
+                assert (a.given, b.given, c.given) == ([2], [2], [2]), "each starts on 6 cores // 3 planned"
+                assert b.asked == c.asked == [], "starting never raises anyone's share"
+            assert b.asked == c.asked == [3], "a is done: b and c share its cores"
+            with opened(0):
+                assert b.asked == c.asked == [3, 2], "a answers again: back to the split"
+            assert b.asked == c.asked == [3, 2, 3]
+        assert b.asked == [3, 2, 3, 6], "c is done too: b answers alone on every core"
+    final = pipeline.layers[1].models[0]
+    with pool.open(final, ModelRef(1, 0, "final", "final"), lambda _e: None, CancelToken()) as model:
+        assert model is a and a.given == [2, 2, 6], "a layer of one model: every core, set before it answers"
+    assert a.asked == [], "a model that never answered alongside a finishing one is never asked"
+    pool.close()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to split")
+def test_a_real_model_takes_the_cores_of_a_finished_neighbour_between_two_tokens(write_config, smollm2_path,
+                                                                                   gemma_path):
+    """SmolLM2 answers one token, Gemma 24: Gemma starts on its half of the cores and ends on all of them."""
+    yaml = f"""
+    version: 1
+    defaults: {{temperature: 0, seed: 1, n_ctx: 1024}}
+    pipelines:
+      p:
+        parallel: true
+        layers:
+          - models:
+              - {{id: quick, source: {{path: "{smollm2_path}"}}, max_tokens: 1}}
+              - {{id: long, source: {{path: "{gemma_path}"}}, chat_format: gemma, max_tokens: 24, stop: []}}
+          - models:
+              - {{id: final, source: {{path: "{smollm2_path}"}}, max_tokens: 2}}
+    """
+    import llama_cpp
+
+    config = write_config(yaml)
+    cores = os.cpu_count() or 1
+    seen: list[int] = []  # Gemma's thread count at each of its tokens
+    long_started = threading.Event()
+
+    def loader(model_id, path, settings):
+        model = LlamaChatModel(model_id, path, settings)
+        original = model.chat
+
+        def chat(messages, settings, cancel, on_token, **options):
+            if options.get("session", "").endswith(":quick"):
+                def quick(text):  # SmolLM2 finishes only once Gemma answers alongside it
+                    assert long_started.wait(60)
+                    on_token(text)
+
+                return original(messages, settings, cancel, quick, **options)
+            if not options.get("session", "").endswith(":long"):
+                return original(messages, settings, cancel, on_token, **options)
+
+            def counting(text):
+                seen.append(int(llama_cpp.llama_n_threads(model._llm.ctx)))
+                long_started.set()
+                if len(seen) == 2:  # hold Gemma between two tokens until SmolLM2's cores are offered
+                    deadline = time.monotonic() + 60
+                    while model._threads_wanted is None and model.threads() < cores:
+                        assert time.monotonic() < deadline, "SmolLM2's cores were never offered"
+                        time.sleep(0.01)
+                on_token(text)
+
+            return original(messages, settings, cancel, counting, **options)
+
+        model.chat = chat
+        return model
+
+    pipeline = MoAPipeline(config, provider=LocalModelPool(loader=loader), save=False)
+    try:
+        finished = list(pipeline.run_turn(new_conversation("p"), "Count from one to twenty."))[-1]
+    finally:
+        pipeline.close()
+    assert finished.status == "done", finished.error
+    assert len(seen) >= 4, seen
+    assert seen[0] == max(1, cores // 2), f"Gemma starts on its share of the cores: {seen}"
+    assert seen[-1] == cores, f"and takes SmolLM2's once SmolLM2 is done: {seen}"

@@ -321,6 +321,7 @@ class LlamaChatModel:
             self.notices.append(self._formatter.notice)
         self._states = SessionStates(max_states, max_state_bytes)
         self.state_stats = StateReuseStats()
+        self._threads_wanted: int | None = None  # asked for while answering; applied between tokens
         self._owner: str | None = None  # the session whose tokens the KV cache holds now
         self._owner_saved = True  # whether the store already has the cache as it is now
         self._closed = False
@@ -382,6 +383,39 @@ class LlamaChatModel:
         llama_cpp.llama_set_abort_callback(
             self._llm.ctx, self._abort_cb if enabled else self._no_abort_cb, ctypes.c_void_p(0)
         )
+
+    # -- CPU threads -----------------------------------------------------------------------------
+
+    def set_threads(self, n_threads: int) -> None:
+        """Use `n_threads` from the next decode on. Only while no answer runs (the caller holds the model)."""
+        self._threads_wanted = None
+        self._apply_threads(n_threads)
+
+    def request_threads(self, n_threads: int) -> None:
+        """Ask for `n_threads` from any thread: a running answer switches between two tokens.
+
+        llama.cpp reads the counts at each decode; changing them from the decoding thread, while no
+        decode runs, is the only time that is safe.
+        """
+        self._threads_wanted = n_threads
+
+    def threads(self) -> int:
+        import llama_cpp
+
+        return int(llama_cpp.llama_n_threads(self._llm.ctx))
+
+    def _take_thread_request(self) -> None:
+        wanted = self._threads_wanted
+        if wanted is not None:
+            self._threads_wanted = None
+            self._apply_threads(wanted)
+
+    def _apply_threads(self, n_threads: int) -> None:
+        import llama_cpp
+
+        ctx = self._llm.ctx
+        if llama_cpp.llama_n_threads(ctx) != n_threads or llama_cpp.llama_n_threads_batch(ctx) != n_threads:
+            llama_cpp.llama_set_n_threads(ctx, n_threads, n_threads)
 
     # -- per-session state -----------------------------------------------------------------------
 
@@ -491,6 +525,7 @@ class LlamaChatModel:
             )
         budget = min(max_tokens, room)
         self._switch_session(session, tokens)
+        self._take_thread_request()
         if settings.seed is not None:
             self._llm.set_seed(settings.seed)
         stop_texts = [*(settings.stop or []), *template_stops]
@@ -522,6 +557,7 @@ class LlamaChatModel:
                 if cancel.cancelled:
                     finish = "cancelled"
                     break
+                self._take_thread_request()  # between two decodes: the generator waits at its yield
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     finish = "stop"
                     break

@@ -72,6 +72,14 @@ class _Entry:
     uses_left: dict[int, int] = field(default_factory=dict)  # layer -> uses still to come in it
 
 
+@dataclass
+class _LayerCores:
+    """The models answering in one layer now ([entry, planned threads, threads now] by id) and how many are done."""
+
+    answering: dict[int, list] = field(default_factory=dict)
+    finished: int = 0
+
+
 def load_key(path: str, settings: ModelSettings) -> tuple:
     return (path, *load_settings(settings))
 
@@ -123,6 +131,7 @@ class LocalModelPool:
         self._plan: Plan | None = None
         self._plan_lock = threading.Lock()
         self._plan_failed = False
+        self._sharing: dict[int, _LayerCores] = {}  # layer -> who uses its cores this turn
         self.loads = 0  # models loaded so far (a swapped model counts once per load)
         self.releases = 0  # models released before the session ends
 
@@ -203,6 +212,7 @@ class LocalModelPool:
     def layer_done(self, layer: int) -> None:
         """Release every swapped model still loaded: nothing loaded per layer outlives its layer."""
         with self._guard:
+            self._sharing.pop(layer, None)  # the next turn splits this layer's cores afresh
             doomed = [entry for entry in self._entries.values() if entry.swapped]
         for entry in doomed:
             self._release(entry)
@@ -323,15 +333,61 @@ class LocalModelPool:
     def open(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> Iterator[ChatModel]:
         entry = self._acquire(spec, ref, emit, cancel)
         decision = self._decision(spec)
+        threads = decision.threads.get(ref.layer) if decision is not None else None
+        shares = bool(threads) and not decision.threads_set_by_user and not decision.remote
         try:
-            threads = decision.threads.get(ref.layer) if decision is not None else None
-            if threads:
+            if shares:
+                self._share_cores(ref.layer, entry, threads)
+            elif threads:
                 set_threads(entry.model, threads)
             yield entry.model
         finally:
+            if shares:
+                self._share_cores(ref.layer, entry, None)
             entry.lock.release()
             if entry.swapped and decision is not None:
                 self._used(entry, ref.layer, decision)
+
+    def _share_cores(self, layer: int, entry: _Entry, planned: int | None) -> None:
+        """`entry` starts (planned: its planned threads) or stops (None) answering in `layer`.
+
+        The plan splits the cores between the models a parallel layer runs at once, but they rarely
+        finish together: the cores of those done go to those still answering (asked for between two
+        tokens) and to those starting late. Never fewer than planned, and a start never takes cores
+        from a model that has not finished yet, so nothing is oversubscribed while a layer starts.
+        """
+        plan = self.current_plan()
+        at_once = plan.at_once(layer) if plan is not None else 1
+        cores = self._fixed_budget().cpu_count
+        asks: list[tuple[ChatModel, int]] = []
+        with self._guard:
+            sharing = self._sharing.setdefault(layer, _LayerCores())
+            if planned is None:
+                sharing.answering.pop(id(entry), None)
+                sharing.finished += 1
+            # those answering now, or planned to answer at once and not finished yet
+            fair = cores // max(1, len(sharing.answering) + (planned is not None), at_once - sharing.finished)
+            if planned is not None:
+                mine = max(planned, fair)
+                sharing.answering[id(entry)] = [entry, planned, mine]
+                asks.append((entry.model, mine))
+            for key, share in sharing.answering.items():
+                other, other_planned, current = share
+                if key == id(entry):
+                    continue
+                target = max(other_planned, fair)
+                # a start only lowers the others' shares, an end only raises them
+                target = min(current, target) if planned is not None else max(current, target)
+                if target != current:
+                    share[2] = target
+                    asks.append((other.model, target))
+        for model, threads in asks:
+            if model is entry.model and planned is not None:
+                set_threads(model, threads)  # ours: held by this thread, not answering yet
+                continue
+            request = getattr(model, "request_threads", None)
+            if callable(request):
+                request(threads)
 
     def _used(self, entry: _Entry, layer: int, decision: ModelPlan) -> None:
         """A swapped model finished one use in `layer`: release it after the last one."""

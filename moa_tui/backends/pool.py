@@ -73,10 +73,19 @@ class _Entry:
 
 
 @dataclass
-class _LayerCores:
-    """The models answering in one layer now ([entry, planned threads, threads now] by id) and how many are done."""
+class _Share:
+    """One model answering in a parallel layer: the threads the plan gave it, and those it has now."""
 
-    answering: dict[int, list] = field(default_factory=dict)
+    entry: _Entry
+    planned: int
+    threads: int
+
+
+@dataclass
+class _LayerCores:
+    """Who answers in one layer now (by id of the entry), and how many answers there are done."""
+
+    answering: dict[int, _Share] = field(default_factory=dict)
     finished: int = 0
 
 
@@ -369,18 +378,17 @@ class LocalModelPool:
             fair = cores // max(1, len(sharing.answering) + (planned is not None), at_once - sharing.finished)
             if planned is not None:
                 mine = max(planned, fair)
-                sharing.answering[id(entry)] = [entry, planned, mine]
+                sharing.answering[id(entry)] = _Share(entry, planned, mine)
                 asks.append((entry.model, mine))
             for key, share in sharing.answering.items():
-                other, other_planned, current = share
                 if key == id(entry):
                     continue
-                target = max(other_planned, fair)
+                target = max(share.planned, fair)
                 # a start only lowers the others' shares, an end only raises them
-                target = min(current, target) if planned is not None else max(current, target)
-                if target != current:
-                    share[2] = target
-                    asks.append((other.model, target))
+                target = min(share.threads, target) if planned is not None else max(share.threads, target)
+                if target != share.threads:
+                    share.threads = target
+                    asks.append((share.entry.model, target))
         for model, threads in asks:
             if model is entry.model and planned is not None:
                 set_threads(model, threads)  # ours: held by this thread, not answering yet

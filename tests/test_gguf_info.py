@@ -551,13 +551,16 @@ def test_the_largest_headers_within_the_limits_still_parse_fast(case, tmp_path):
     path.write_bytes(data)
     started = time.perf_counter()
     read_gguf_info(path)
-    assert time.perf_counter() - started < 1.0
+    read_all = time.perf_counter() - started
+    assert read_all < 1.0
     # One more than allowed: refused at once. Offsets: the tensor count, the array's length, the key count.
     patch_u64(path, {"most_tensors": 8, "most_strings": 24 + 9 + 8}.get(case, 16), n + 1)
     started = time.perf_counter()
     with pytest.raises(GGUFError, match="is corrupt: .*claims"):
         read_gguf_info(path)
-    assert time.perf_counter() - started < 0.05
+    refused = time.perf_counter() - started
+    # before reading the entries: relative to reading them, so a slow or busy machine cannot fail it
+    assert refused < max(0.002, read_all / 5), f"refused in {refused:.4f} s, reading all took {read_all:.4f} s"
 
 
 def test_randomly_damaged_headers_never_crash(tmp_path, smollm2_path):

@@ -7,10 +7,14 @@ Model text is untrusted: it may look like Rich/Textual markup (`[bold red]`), co
 
 from __future__ import annotations
 
-from markdown_it import MarkdownIt
+from typing import TYPE_CHECKING
+
 from textual.content import Content
 
 from ..console import human_duration, human_size
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
 
 
 def _visible_controls() -> dict[int, str | None]:
@@ -43,6 +47,8 @@ def literal_content(text: str) -> Content:
 
 def markdown_parser() -> MarkdownIt:
     """GitHub-like Markdown without raw HTML: `<b>` written by a model is shown as `<b>`."""
+    from markdown_it import MarkdownIt  # here: not needed before the first frame
+
     return MarkdownIt("gfm-like", {"html": False})
 
 

@@ -20,10 +20,10 @@ the same HTML-less parser as the rest of the app. The caller makes the text lite
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from typing import TYPE_CHECKING
 
-from markdown_it.token import Token
-from rich.markdown import Markdown as RichMarkdown
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
@@ -34,27 +34,47 @@ from textual.widget import Widget
 
 from ..text import markdown_parser
 
-_PARSER = markdown_parser()
-# Finding block boundaries needs only the block rules: no inline parsing (emphasis, links...).
-_SPLITTER = markdown_parser().disable(["inline", "linkify", "replacements", "smartquotes", "text_join"],
-                                      ignoreInvalid=True)
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
+    from rich.markdown import Markdown as RichMarkdown
+
+# markdown_it and rich.markdown are imported at the first answer shown, not before the first frame.
 
 
-class _Markdown(RichMarkdown):
-    """Rich's Markdown renderable, fed with tokens from our parser (no raw HTML).
+@functools.cache
+def _parser() -> MarkdownIt:
+    return markdown_parser()
 
-    Rich's own __init__ builds a new MarkdownIt parser per call, which costs more than rendering a
-    small block; the attributes it sets are set here instead."""
 
-    def __init__(self, markup: str, tokens: list[Token] | None = None) -> None:  # noqa: B027
-        self.markup = markup
-        self.parsed = tokens if tokens is not None else _PARSER.parse(markup)
-        self.code_theme = "monokai"
-        self.justify = None
-        self.style = "none"
-        self.hyperlinks = False
-        self.inline_code_lexer = None
-        self.inline_code_theme = "monokai"
+@functools.cache
+def _splitter() -> MarkdownIt:
+    """Finding block boundaries needs only the block rules: no inline parsing (emphasis, links...)."""
+    return markdown_parser().disable(["inline", "linkify", "replacements", "smartquotes", "text_join"],
+                                     ignoreInvalid=True)
+
+
+@functools.cache
+def _markdown_class() -> type[RichMarkdown]:
+    from rich.markdown import Markdown
+
+    class _Markdown(Markdown):
+        """Rich's Markdown renderable, fed with tokens from our parser (no raw HTML).
+
+        Rich's own __init__ builds a new MarkdownIt parser per call, which costs more than rendering
+        a small block; the attributes it sets are set here instead."""
+
+        def __init__(self, markup: str, tokens: list[Token] | None = None) -> None:  # noqa: B027
+            self.markup = markup
+            self.parsed = tokens if tokens is not None else _parser().parse(markup)
+            self.code_theme = "monokai"
+            self.justify = None
+            self.style = "none"
+            self.hyperlinks = False
+            self.inline_code_lexer = None
+            self.inline_code_theme = "monokai"
+
+    return _Markdown
 
 
 Line = list[Segment]
@@ -66,7 +86,7 @@ def _text(line: Line) -> str:
 
 def rich_markdown(text: str) -> RichMarkdown:
     """A Rich renderable of `text` (already literal), parsed without HTML, for a Static."""
-    return _Markdown(text)
+    return _markdown_class()(text)
 
 
 def _block_starts(tokens: list[Token]) -> list[int]:
@@ -137,7 +157,7 @@ class MarkdownView(ScrollView, can_focus=False):
 
     def _split_tail(self) -> None:
         """Move every block of the tail that is followed by another block to the finished ones."""
-        starts = _block_starts(_SPLITTER.parse(self._tail))
+        starts = _block_starts(_splitter().parse(self._tail))
         self._tail_tokens = None
         if len(starts) < 2:
             return
@@ -159,7 +179,7 @@ class MarkdownView(ScrollView, can_focus=False):
         console = self.app.console
         options = console.options.update(width=self._width, height=None, highlight=False)
         style = self._style = self.rich_style
-        lines = console.render_lines(_Markdown(source, tokens), options, style=style, pad=True)
+        lines = console.render_lines(_markdown_class()(source, tokens), options, style=style, pad=True)
         while lines and not _text(lines[-1]).strip():
             lines.pop()
         while lines and not _text(lines[0]).strip():

@@ -94,23 +94,15 @@ def load_key(path: str, settings: ModelSettings) -> tuple:
 
 
 def set_threads(model: ChatModel, n_threads: int) -> bool:
-    """Give a loaded model `n_threads` CPU threads from its next token on, without reloading it.
+    """Give a loaded model `n_threads` CPU threads from its next decode on, without reloading it.
 
-    llama.cpp reads the thread counts from the context at every decode, and `llama_set_n_threads`
-    changes them in place (Llama(n_threads=...) only sets the first value). A model offering
-    `set_threads` is asked directly; a LlamaChatModel is set through its llama_cpp context.
+    Only models that run on local cores offer `set_threads` (LlamaChatModel: `llama_set_n_threads`,
+    since Llama(n_threads=...) only sets the first value); for the others this does nothing.
     """
     setter = getattr(model, "set_threads", None)
-    if callable(setter):
-        setter(n_threads)
-        return True
-    ctx = getattr(getattr(model, "_llm", None), "ctx", None)
-    if ctx is None:
+    if not callable(setter):
         return False
-    import llama_cpp
-
-    if llama_cpp.llama_n_threads(ctx) != n_threads or llama_cpp.llama_n_threads_batch(ctx) != n_threads:
-        llama_cpp.llama_set_n_threads(ctx, n_threads, n_threads)
+    setter(n_threads)
     return True
 
 

@@ -232,9 +232,7 @@ class Plan:
 
     def at_once(self, layer: int) -> int:
         """How many local model files answer at the same time in `layer` (what its cores are split by)."""
-        if not self.parallel:
-            return 1
-        return sum(1 for m in self.models if layer in m.uses and not m.remote)
+        return _at_once(self.models, layer, self.parallel)
 
     def to_dict(self) -> dict[str, Any]:
         b = self.budget
@@ -435,12 +433,21 @@ def _vram_over(alloc: _Alloc, budget: Budget) -> int:
     return max(0, max(alloc.vram_at, default=0) - budget.vram)
 
 
+def _local_in_layer(models: list[ModelPlan], layer: int) -> list[int]:
+    """Indexes of the local model files `layer` uses."""
+    return [i for i, m in enumerate(models) if layer in m.uses and not m.remote]
+
+
+def _at_once(models: list[ModelPlan], layer: int, parallel: bool) -> int:
+    """How many local model files run at the same time in `layer`: all of them when parallel, else one."""
+    return len(_local_in_layer(models, layer)) if parallel else 1
+
+
 def _plan_threads(pipeline: Pipeline, models: list[ModelPlan], budget: Budget) -> None:
     """Split the cores between the local models a parallel layer runs at once; all cores otherwise."""
     for li, layer in enumerate(pipeline.layers):
-        at_once = {i for i, m in enumerate(models) if li in m.uses and not m.remote}
-        k = len(at_once) if pipeline.parallel else 1  # as Plan.at_once
-        for i in at_once:
+        k = _at_once(models, li, pipeline.parallel)
+        for i in _local_in_layer(models, li):
             spec = next(s for s in layer.models if s.id in models[i].ids)
             models[i].threads[li] = spec.settings.n_threads or max(1, budget.cpu_count // max(1, k))
 

@@ -293,8 +293,6 @@ class CountingLoader:
         self.together = first_layer_together  # layer 1's answers wait here until all have started
 
     def __call__(self, model_id, path, settings):
-        import llama_cpp
-
         model = LlamaChatModel(model_id, path, settings)
         self.models.append(model)
         original = model.chat
@@ -303,7 +301,7 @@ class CountingLoader:
             if self.together is not None and str(options.get("session")).startswith("0:"):
                 self.together.wait(60)
             self.threads.setdefault(threading.current_thread().name, []).append(
-                int(llama_cpp.llama_n_threads(model._llm.ctx)))
+                model.threads())
             return original(messages, settings, cancel, on_token, **options)
 
         model.chat = chat
@@ -626,7 +624,6 @@ def test_a_real_model_takes_the_cores_of_a_finished_neighbour_between_two_tokens
           - models:
               - {{id: final, source: {{path: "{smollm2_path}"}}, max_tokens: 2}}
     """
-    import llama_cpp
 
     config = write_config(yaml)
     cores = os.cpu_count() or 1
@@ -648,7 +645,7 @@ def test_a_real_model_takes_the_cores_of_a_finished_neighbour_between_two_tokens
                 return original(messages, settings, cancel, on_token, **options)
 
             def counting(text):
-                seen.append(int(llama_cpp.llama_n_threads(model._llm.ctx)))
+                seen.append(model.threads())
                 long_started.set()
                 if len(seen) == 2:  # hold Gemma between two tokens until SmolLM2's cores are offered
                     deadline = time.monotonic() + 60

@@ -43,6 +43,7 @@ SUITE: dict[str, str] = {
     "startup": "benchmarks.bench_startup",
     "memory": "benchmarks.bench_memory",
     "gpu": "benchmarks.bench_gpu",
+    "cpu_repack": "benchmarks.bench_cpu_repack",
 }
 
 # Distinct short questions: a benchmark that must not hit the KV cache of an earlier identical

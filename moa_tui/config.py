@@ -37,6 +37,7 @@ class ModelSettings:
     n_batch: int | None = None
     flash_attn: bool | None = None
     chat_format: str | None = None
+    cpu_repack: bool | str | None = None  # True, False or "auto" (backends/cpu_buffers.py says why)
     seed: int | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -65,6 +66,7 @@ BUILTIN_DEFAULTS = ModelSettings(
     n_ctx=4096,
     n_gpu_layers=-1,
     n_batch=512,
+    cpu_repack="auto",
     max_tokens=512,
     temperature=0.7,
     top_p=0.95,
@@ -454,6 +456,13 @@ def _gpu_layers(value: Any) -> int | str:
         raise ValueError(f"expected an integer or 'auto', got {_show(value)}")
     return _gpu_layers_int(value)
 
+
+def _cpu_repack(value: Any) -> bool | str:
+    """true / false, or "auto": off on a llama.cpp build with AMX, where its repacked buffers crash."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true, false or 'auto', got {_show(value)}")
+
 # One check per ModelSettings field; the key order is the order shown in "expected one of" hints.
 SETTING_CHECKS: dict[str, Callable[[Any], Any]] = {
     "n_ctx": _positive,
@@ -462,6 +471,7 @@ SETTING_CHECKS: dict[str, Callable[[Any], Any]] = {
     "n_batch": _positive,
     "flash_attn": _bool,
     "chat_format": _text,
+    "cpu_repack": _cpu_repack,
     "seed": _integer,
     "max_tokens": _positive,
     "temperature": _ranged(_number, lambda v: v >= 0, "0 or more"),

@@ -37,6 +37,14 @@ class CancelToken:
         return self._event.wait(timeout)
 
 
+class InstallNotice(str):
+    """A notice about this installation (llama.cpp build, CPU), not about one model or turn.
+
+    Shown once per installation and llama.cpp build (the pool remembers it in the cache folder), so
+    `moa ask` does not repeat it on every run. A plain `str` everywhere else.
+    """
+
+
 class ModelError(Exception):
     """A model could not load or failed while generating; str() is shown to the user."""
 

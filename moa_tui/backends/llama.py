@@ -33,11 +33,13 @@ from .base import (
     SAVED_STATES_MAX,
     CancelToken,
     ChatResult,
+    InstallNotice,
     Message,
     ModelError,
     TokenCallback,
 )
 from .chat_templates import PromptFormatter
+from .cpu_buffers import BufferChoice, choose_buffers, llama_system_info
 from .streaming import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger("moa_tui.llama_cpp")
@@ -54,6 +56,9 @@ GPU_REINSTALL_HINT = (
 _setup_lock = threading.Lock()
 _setup_done = False
 _log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
+# The extra-buffer choice of the load running on this thread (see `_load_options`), read by the
+# LlamaModel stand-in that `setup_llama_cpp` gives llama-cpp-python's Llama.
+_load_options = threading.local()
 
 # ggml.h: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line)
 _GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
@@ -85,6 +90,7 @@ def setup_llama_cpp() -> None:
         _internals.suppress_stdout_stderr = _NoRedirect  # type: ignore[assignment]
         llama_module.suppress_stdout_stderr = _NoRedirect  # type: ignore[assignment]
         llama_module.llama_chat_format = _formats_without_template_compiling()  # type: ignore[attr-defined]
+        llama_module.internals = _internals_with_buffer_choice()  # type: ignore[attr-defined]
 
         last_level = [logging.INFO]
 
@@ -135,6 +141,38 @@ def _formats_without_template_compiling() -> types.ModuleType:
     proxy.__dict__.update(vars(llama_chat_format))
     proxy.Jinja2ChatFormatter = _UncompiledTemplate  # type: ignore[attr-defined]
     return proxy
+
+
+def _internals_with_buffer_choice() -> types.ModuleType:
+    """llama-cpp-python's `_internals` for `Llama()`, whose LlamaModel applies this thread's buffer choice.
+
+    `Llama()` (0.3.x) has no argument for `llama_model_params.use_extra_bufts`; it builds the params
+    and hands them to `_internals.LlamaModel`, which loads the file. The stand-in sets the field on
+    those params just before, so `Llama.model_params` keeps what llama.cpp was given. A thread-local
+    carries the choice, so loads on other threads never see it; with none set, nothing changes.
+    """
+    from llama_cpp import _internals
+
+    class LlamaModelWithBufferChoice(_internals.LlamaModel):
+        def __init__(self, *, path_model: str, params: Any, verbose: bool = True) -> None:
+            choice: BufferChoice | None = getattr(_load_options, "buffers", None)
+            if choice is not None:
+                params.use_extra_bufts = choice.use_extra_bufts
+            super().__init__(path_model=path_model, params=params, verbose=verbose)
+
+    proxy = types.ModuleType("llama_cpp_internals_for_loads")
+    proxy.__dict__.update(vars(_internals))
+    proxy.LlamaModel = LlamaModelWithBufferChoice  # type: ignore[attr-defined]
+    return proxy
+
+
+@contextlib.contextmanager
+def _buffers_for_this_load(choice: BufferChoice) -> Iterator[None]:
+    _load_options.buffers = choice
+    try:
+        yield
+    finally:
+        _load_options.buffers = None
 
 
 def gpu_offload_supported() -> bool:
@@ -284,10 +322,10 @@ class LlamaChatModel:
         self.notices: list[str] = []
         n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers is not None else -1
         if n_gpu_layers != 0 and not gpu_offload_supported():
-            self.notices.append(
+            self.notices.append(InstallNotice(
                 "GPU offload requested, but this llama.cpp build is CPU-only: running on the CPU. "
                 f"To use a GPU, {GPU_REINSTALL_HINT}"
-            )
+            ))
         threads = settings.n_threads or _default_threads()
         kwargs = dict(
             model_path=self.path,
@@ -301,9 +339,13 @@ class LlamaChatModel:
         )
         if settings.seed is not None:
             kwargs["seed"] = settings.seed
+        self.buffers = choose_buffers(settings.cpu_repack, llama_system_info())
+        if self.buffers.notice:
+            self.notices.append(self.buffers.notice)
         started = time.perf_counter()
         try:
-            self._llm = llama_cpp.Llama(**kwargs)
+            with _buffers_for_this_load(self.buffers):
+                self._llm = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(_load_error_message(model_id, self.path, exc)) from exc
         self.load_time = time.perf_counter() - started

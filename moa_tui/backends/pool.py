@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..config import EndpointSource, MemoryBudget, ModelSettings, ModelSpec, Pipeline
 from ..events import DownloadProgress, Event, ModelLoading, ModelRef, Notice
 from ..planner import LOAD_KEYS, load_settings
-from .base import CancelToken, ChatModel, ModelError
+from .base import CancelToken, ChatModel, InstallNotice, ModelError
 
 if TYPE_CHECKING:
     from ..planner import Budget, ModelPlan, Plan
@@ -308,6 +308,16 @@ class LocalModelPool:
                 self._tell_swapped(spec, ref, emit)
             return entry
 
+    @staticmethod
+    def _first_time_here(message: str) -> bool:
+        """Whether to show `message`: always, unless it is about the installation and was shown before."""
+        if not isinstance(message, InstallNotice):
+            return True
+        from ..remembered import first_time, key_for
+        from .cpu_buffers import llama_build_id
+
+        return first_time("notices", key_for(message, llama_build_id()))
+
     def _tell_swapped(self, spec: ModelSpec, ref: ModelRef, emit: Emit) -> None:
         message = (f"{spec.base_id}: loaded for its layer only and released after it: the pipeline's models "
                    "do not fit in the memory budget together (see 'moa plan')")
@@ -324,7 +334,8 @@ class LocalModelPool:
                 for message in entry.model.notices:
                     if message not in self._told:
                         self._told.add(message)
-                        emit(Notice(message, ref=ref))
+                        if self._first_time_here(message):
+                            emit(Notice(message, ref=ref))
             entry.lock.acquire()
             if not entry.closed:
                 return entry

@@ -29,9 +29,9 @@ def measure(path: str, setting: bool, n: int) -> dict:
     from benchmarks.common import ban_tokens, eog_tokens
     from moa_tui.backends.cpu_buffers import llama_system_info
     from moa_tui.backends.llama import LlamaChatModel
-    from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
+    from moa_tui.config import ModelSettings
 
-    settings = BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=1024, n_gpu_layers=0, cpu_repack=setting))
+    settings = ModelSettings(n_ctx=1024, n_gpu_layers=0, cpu_repack=setting)
     model = LlamaChatModel("bench", path, settings)
     llm = model._llm
     try:

@@ -20,6 +20,7 @@ relative to raw generate()'s at 2,000 tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from benchmarks.common import (
@@ -47,13 +48,12 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     use_temp_data_dir()
     from moa_tui.backends.base import CancelToken, Message
     from moa_tui.backends.llama import LlamaChatModel
-    from moa_tui.config import ModelSettings
 
     short, long = (8, 32) if quick else (100, 2000)
     long_runs = max(1, min(runs, 2))
     config = bench_config()
     spec = config.pipeline("tiny").layers[0].models[0]
-    load = spec.settings.merged(ModelSettings(n_ctx=long + 256))
+    load = dataclasses.replace(spec.settings, n_ctx=long + 256)
     model = LlamaChatModel("smollm2", model_path(spec), load)
     llm = model._llm
     recorder = Recorder()
@@ -65,7 +65,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
 
     def moa(n: int) -> tuple[int, float]:
         marks: list[float] = []
-        settings = load.merged(ModelSettings(max_tokens=n, **sampling))
+        settings = dataclasses.replace(load, max_tokens=n, **sampling)
         res = model.chat(messages, settings, CancelToken(), lambda _text: marks.append(time.perf_counter()))
         end = time.perf_counter()
         return res.stats.generated_tokens, rate(res.stats.generated_tokens, marks[0], end)
@@ -108,7 +108,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     def prompt_tokens() -> list[int]:
         if "tokens" not in cache:
             recorder.take()
-            model.chat(messages, load.merged(ModelSettings(max_tokens=1, **sampling)), CancelToken(), lambda _t: None)
+            model.chat(messages, dataclasses.replace(load, max_tokens=1, **sampling), CancelToken(), lambda _t: None)
             cache["tokens"] = recorder.take()[0].tokens
         return cache["tokens"]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -38,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moa_tui.config import ModelSettings, load_config  # noqa: E402
+from moa_tui.config import load_config  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "models.yaml"
 WARMUP = "Hello."
@@ -49,7 +50,7 @@ TARGET = 0.95
 def greedy_config():
     config = load_config(CONFIG)
     for spec in config.pipeline("tiny").all_models():
-        spec.settings = spec.settings.merged(ModelSettings(temperature=0.0, seed=1))
+        spec.settings = dataclasses.replace(spec.settings, temperature=0.0, seed=1)
     return config
 
 

@@ -13,6 +13,7 @@ and answers capped at 8 tokens (its module-level QUESTIONS and greedy_config are
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import sys
@@ -74,7 +75,7 @@ def tiny_app_figures(quick: bool, runs: int) -> tuple[list[str], dict, list[dict
             def capped():
                 config = original()
                 for spec in config.pipeline("tiny").all_models():
-                    spec.settings.max_tokens = 8
+                    spec.settings = dataclasses.replace(spec.settings, max_tokens=8)
                 return config
 
             patches.enter_context(mock.patch.object(bench_tiny_app, "greedy_config", capped))

@@ -13,6 +13,7 @@ tokens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import statistics
@@ -177,7 +178,7 @@ def bench_config(*, max_tokens: int | None = None, parallel: bool | None = None,
     `max_tokens` caps (never raises) each model's answer length; other keyword arguments override
     model settings for every model of the named pipelines.
     """
-    from moa_tui.config import ModelSettings, load_config
+    from moa_tui.config import load_config
 
     config = load_config(CONFIG)
     for name in pipelines:
@@ -185,10 +186,12 @@ def bench_config(*, max_tokens: int | None = None, parallel: bool | None = None,
         if parallel is not None:
             pipeline.parallel = parallel
         for spec in pipeline.all_models():
-            override = ModelSettings(temperature=temperature, seed=spec.settings.seed or 1, **settings)
+            override = dict(settings, seed=spec.settings.seed or 1)
+            if temperature is not None:
+                override["temperature"] = temperature
             if max_tokens is not None:
-                override.max_tokens = min(max_tokens, spec.settings.max_tokens or 512)
-            spec.settings = spec.settings.merged(override)
+                override["max_tokens"] = min(max_tokens, spec.settings.max_tokens)
+            spec.settings = dataclasses.replace(spec.settings, **override)
     return config
 
 

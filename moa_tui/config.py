@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,53 +27,42 @@ class ConfigError(Exception):
     """A problem in a models.yaml; str() is the one-line message shown to the user."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSettings:
-    """Load and generation settings of one model; None means "not set here"."""
+    """One model's load and generation settings, fully resolved.
 
-    n_ctx: int | None = None
-    n_gpu_layers: int | str | None = None  # an integer, or "auto": as many layers as fit (planner.py)
+    The field defaults are the built-in values, written here and nowhere else: a models.yaml's
+    `defaults:` and a model's own keys replace them (config.py), so every backend reads a value and
+    none restates a default. None means "not set" only where that is a choice of its own: the
+    planner's share of the cores (n_threads), the GGUF's own template (chat_format), a random seed.
+    """
+
+    n_ctx: int = 4096
+    n_gpu_layers: int | str = -1  # an integer, or "auto": as many layers as fit (planner.py)
     n_threads: int | None = None
-    n_batch: int | None = None
-    flash_attn: bool | None = None
+    n_batch: int = 512
+    flash_attn: bool = False
     chat_format: str | None = None
-    cpu_repack: bool | str | None = None  # True, False or "auto" (backends/cpu_buffers.py says why)
+    cpu_repack: bool | str = "auto"  # True, False or "auto" (backends/cpu_buffers.py says why)
     seed: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    stop: list[str] | None = None
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    stop: tuple[str, ...] = ()
     system_prompt: str | None = None
 
-    def merged(self, override: ModelSettings) -> ModelSettings:
-        """These settings with every key that `override` sets replaced."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for f in fields(override):
-            value = getattr(override, f.name)
-            if value is not None:
-                values[f.name] = value
-        return ModelSettings(**values)
-
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        """The settings as plain JSON values (what a transcript records); unset choices left out."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["stop"] = list(self.stop)
+        return {key: value for key, value in values.items() if value is not None and value != []}
 
 
-# Built-in values used under `defaults:` when a key is set nowhere.
-BUILTIN_DEFAULTS = ModelSettings(
-    n_ctx=4096,
-    n_gpu_layers=-1,
-    n_batch=512,
-    cpu_repack="auto",
-    max_tokens=512,
-    temperature=0.7,
-    top_p=0.95,
-    top_k=40,
-    min_p=0.05,
-    repeat_penalty=1.1,
-)
+# The built-in values: what every model starts from before `defaults:` and its own keys.
+BUILTIN_DEFAULTS = ModelSettings()
 
 
 @dataclass(frozen=True)
@@ -435,13 +424,13 @@ def _ranged(convert: Callable[[Any], Any], ok: Callable[[Any], bool], rule: str)
     return check
 
 
-def _stop(value: Any) -> list[str]:
+def _stop(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise ValueError(f"expected a string or a list of strings, got {_show(value)}")
     if not all(items):
         raise ValueError("stop strings must not be empty")
-    return list(items)
+    return tuple(items)
 
 
 _positive = _ranged(_integer, lambda v: v > 0, "greater than 0")
@@ -506,11 +495,10 @@ _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 # -- the parts of a models.yaml ------------------------------------------------------------------
 
 
-def _settings(data: dict, where: str) -> ModelSettings:
-    """The model settings present in `data` (other keys are the caller's business)."""
-    values = {key: _checked(data[key], _join(where, key), check) for key, check in SETTING_CHECKS.items()
-              if key in data}
-    return ModelSettings(**values)
+def _settings(data: dict, where: str) -> dict[str, Any]:
+    """The model settings present in `data`, checked (other keys are the caller's business)."""
+    return {key: _checked(data[key], _join(where, key), check) for key, check in SETTING_CHECKS.items()
+            if key in data}
 
 
 def _hf_repo(value: Any) -> str:
@@ -610,7 +598,7 @@ def _model(value: Any, where: str, base: Path, defaults: ModelSettings) -> list[
     if "#" in model_id:
         raise _Invalid(_join(where, "id"), f"'#' is kept for samples (like 'x#2'), got {_show(model_id)}")
     source = _source(_required(data, "source", where, SOURCE_HINT), _join(where, "source"), base)
-    settings = defaults.merged(_settings(data, where))
+    settings = replace(defaults, **_settings(data, where))
     samples = _get(data, "samples", where, _ranged(_integer, lambda v: 1 <= v <= MAX_SAMPLES,
                                                   f"between 1 and {MAX_SAMPLES}"), None)
     temperatures = _get(data, "temperatures", where, _temperatures)
@@ -638,10 +626,10 @@ def _sample(model_id: str, source: Source, settings: ModelSettings, index: int,
             temperatures: list[float] | None) -> ModelSpec:
     """Sample `index` of a Self-MoA entry: its own seed (so answers differ) and maybe temperature."""
     base_seed = settings.seed if settings.seed is not None else 0
-    override = ModelSettings(seed=base_seed + index,
-                             temperature=temperatures[index] if temperatures is not None else None)
-    return ModelSpec(f"{model_id}#{index + 1}", source, settings.merged(override),
-                     sample_of=model_id, sample_index=index)
+    own = replace(settings, seed=base_seed + index)
+    if temperatures is not None:
+        own = replace(own, temperature=temperatures[index])
+    return ModelSpec(f"{model_id}#{index + 1}", source, own, sample_of=model_id, sample_index=index)
 
 
 def _layer(value: Any, where: str, base: Path, defaults: ModelSettings) -> Layer:
@@ -720,7 +708,7 @@ def _config(data: Any, path: Path) -> Config:
     data = _mapping(data, "", "{version: 1, pipelines: {...}}")
     _check_keys(data, TOP_KEYS, "")
     version = _checked(_required(data, "version", ""), "version", _version)
-    defaults = BUILTIN_DEFAULTS.merged(_settings(_file_defaults(data), "defaults"))
+    defaults = replace(BUILTIN_DEFAULTS, **_settings(_file_defaults(data), "defaults"))
     prompts = _prompts(_section(data, "prompts"))
     base = path.expanduser().resolve().parent
     pipelines = _pipelines(_required(data, "pipelines", ""), base, defaults)

@@ -229,7 +229,7 @@ class MoAPipeline:
         try:
             with self.provider.open(spec, ref, emit, cancel) as model:
                 try:
-                    budget = max(16, model.n_ctx - (spec.settings.max_tokens or 512))
+                    budget = max(16, model.n_ctx - spec.settings.max_tokens)
                     fit = fit_to_context(parts, model.count_tokens, budget)
                     notice = fit.notice()
                     if notice:

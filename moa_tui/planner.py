@@ -95,7 +95,7 @@ class ModelSize:
         from .gguf_info import estimate_memory, read_gguf_info
 
         info = read_gguf_info(path)
-        est = estimate_memory(info, settings.n_ctx or 4096, n_batch=settings.n_batch or 512,
+        est = estimate_memory(info, settings.n_ctx, n_batch=settings.n_batch,
                               flash_attn=bool(settings.flash_attn))
         return cls(file=str(path), file_size=file_size if file_size is not None else info.split_size,
                    weights=est.weights_bytes, kv_cache=est.kv_cache_bytes, compute=est.compute_bytes,

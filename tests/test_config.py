@@ -125,12 +125,12 @@ def test_settings_merge_builtin_then_file_defaults_then_model(tmp_path):
                     stop: ["</s>", "User:"]
     """)
     config = load_config(path)
-    assert config.defaults == BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=1024, temperature=0.5, stop=["###"]))
+    assert config.defaults == ModelSettings(n_ctx=1024, temperature=0.5, stop=("###",))
     settings = config.pipeline("p").layers[0].models[0].settings
     assert settings.n_ctx == 1024  # file defaults
     assert settings.top_k == BUILTIN_DEFAULTS.top_k  # built-in
     assert settings.temperature == 0.0 and isinstance(settings.temperature, float)  # the model's own
-    assert settings.stop == ["</s>", "User:"]
+    assert settings.stop == ("</s>", "User:")
     assert config.default_pipeline == "p"  # left out: the first pipeline
 
 
@@ -606,6 +606,8 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("n_batch", "-1", "must be greater than 0"), ("n_batch", "[512]", "expected an integer"),
     ("flash_attn", "1", "expected true or false"),
     ("chat_format", "''", "expected a non-empty string"), ("chat_format", "5", "expected a non-empty string"),
+    ("cpu_repack", "'yes'", "expected true, false or 'auto'"), ("cpu_repack", "1", "expected true, false or 'auto'"),
+    ("cpu_repack", "Auto", "expected true, false or 'auto'"),
     ("seed", "1.5", "expected an integer"), ("seed", "'x'", "expected an integer"),
     ("max_tokens", "0", "must be greater than 0"), ("max_tokens", "'512'", "expected an integer"),
     ("temperature", "-0.1", "must be 0 or more"), ("temperature", ".nan", "expected a finite number"),

@@ -77,8 +77,8 @@ def test_the_setting_is_validated_and_defaults_to_auto(write_config, smollm2_pat
 
 
 def _settings(cpu_repack) -> ModelSettings:
-    return BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=512, max_tokens=8, temperature=0.0, n_gpu_layers=0,
-                                                 cpu_repack=cpu_repack))
+    return ModelSettings(n_ctx=512, max_tokens=8, temperature=0.0, n_gpu_layers=0,
+                                                 cpu_repack=cpu_repack)
 
 
 def _load_log(caplog, path, cpu_repack) -> tuple[LlamaChatModel, str]:

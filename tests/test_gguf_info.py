@@ -137,7 +137,7 @@ class _Collect(logging.Handler):
 
 def test_estimate_agrees_with_what_llama_cpp_allocates(smollm2_path):
     from moa_tui.backends.llama import LlamaChatModel
-    from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
+    from moa_tui.config import ModelSettings
 
     n_ctx = 2048
     logger = logging.getLogger("moa_tui.llama_cpp")  # where llama.cpp's own log is routed
@@ -145,7 +145,7 @@ def test_estimate_agrees_with_what_llama_cpp_allocates(smollm2_path):
     logger.addHandler(collect)
     logger.setLevel(logging.DEBUG)
     try:
-        settings = BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=n_ctx, n_gpu_layers=0, n_batch=512))
+        settings = ModelSettings(n_ctx=n_ctx, n_gpu_layers=0, n_batch=512)
         LlamaChatModel("smol", smollm2_path, settings).close()
     finally:
         logger.removeHandler(collect)

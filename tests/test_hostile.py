@@ -51,8 +51,8 @@ def keep_logging():
     root.setLevel(level)
 
 
-SETTINGS = BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=256, max_tokens=8, temperature=0, n_gpu_layers=0,
-                                                 n_threads=1))
+SETTINGS = ModelSettings(n_ctx=256, max_tokens=8, temperature=0, n_gpu_layers=0,
+                                                 n_threads=1)
 MESSAGES = [Message("system", "Be brief."), Message("user", "Say hi.")]
 
 

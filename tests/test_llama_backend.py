@@ -11,13 +11,13 @@ from moa_tui.backends.base import CancelToken, Message, ModelError
 from moa_tui.backends.chat_templates import fold_system
 from moa_tui.backends.llama import LlamaChatModel, gpu_offload_supported
 from moa_tui.backends.streaming import IncrementalDecoder, StopMatcher
-from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
+from moa_tui.config import ModelSettings
 
 
 def settings(**overrides) -> ModelSettings:
     base = dict(n_ctx=1024, max_tokens=48, temperature=0.0, n_gpu_layers=0)
     base.update(overrides)
-    return BUILTIN_DEFAULTS.merged(ModelSettings(**base))
+    return ModelSettings(**base)
 
 
 @pytest.fixture(scope="module")

@@ -259,10 +259,10 @@ def test_context_trimming_with_small_n_ctx(smol_config):
 def test_cancel_interrupts_long_prompt_evaluation(smollm2_path, n_ctx):
     """Cancel reaches llama.cpp's abort callback during prompt evaluation; the model stays usable."""
     from moa_tui.backends.base import Message
-    from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
+    from moa_tui.config import ModelSettings
 
-    settings = BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=n_ctx, n_batch=2048, max_tokens=8, temperature=0,
-                                                     n_gpu_layers=0, n_threads=1))
+    settings = ModelSettings(n_ctx=n_ctx, n_batch=2048, max_tokens=8, temperature=0,
+                                                     n_gpu_layers=0, n_threads=1)
     model = LlamaChatModel("smol", smollm2_path, settings)
     long = [Message("user", "word " * 1800)]
     started = time.perf_counter()

@@ -6,6 +6,7 @@ KV cache for its n_ctx as llama.cpp allocates it), so the decisions are the ones
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -40,7 +41,7 @@ SEED_SIZES = {
 def seed_pipeline(n_gpu_layers: int | str = 0):
     pipeline = load_config(SHIPPED_CONFIG).pipeline("seed")
     for spec in pipeline.all_models():
-        spec.settings.n_gpu_layers = n_gpu_layers
+        spec.settings = dataclasses.replace(spec.settings, n_gpu_layers=n_gpu_layers)
     return pipeline
 
 
@@ -201,7 +202,7 @@ def test_models_not_downloaded_are_planned_swapped_and_named():
 def test_user_threads_are_kept_in_parallel_layers():
     pipeline = seed_pipeline()
     pipeline.parallel = True
-    pipeline.layers[0].models[0].settings.n_threads = 3
+    pipeline.layers[0].models[0].settings = dataclasses.replace(pipeline.layers[0].models[0].settings, n_threads=3)
     result = plan(pipeline, seed_sizes(), cpu(32))
     assert by_id(result)["qwen2-1.5b"].threads == {0: 3}
     assert by_id(result)["tinyllama-1.1b"].threads == {0: 4}
@@ -326,7 +327,7 @@ def test_shipped_pipelines_load_each_file_once(monkeypatch, gemma_path):
                         ("self-moa", ["SmolLM2-135M-Instruct.Q4_1.gguf"])):
         constructed.clear()
         for spec in config.pipeline(name).all_models():
-            spec.settings.max_tokens = 8
+            spec.settings = dataclasses.replace(spec.settings, max_tokens=8)
         pipeline = MoAPipeline(config, name, save=False)
         try:
             events = list(pipeline.run_turn(new_conversation(name), "Say hi."))
@@ -413,8 +414,8 @@ def test_release_waits_for_a_running_generation(write_config, smollm2_path):
     pool = LocalModelPool(loader=loader)
     pool.prepare(config.pipeline(None), config.memory)
     spec = config.pipeline(None).layers[0].models[0]
-    spec.settings.max_tokens = 48
-    spec.settings.stop = []
+    spec.settings = dataclasses.replace(spec.settings, max_tokens=48)
+    spec.settings = dataclasses.replace(spec.settings, stop=())
     ref = ModelRef(0, 0, spec.id, "proposer")
     first_token = threading.Event()
     may_finish = threading.Event()

@@ -17,7 +17,7 @@ import pytest
 from moa_tui.backends.base import CancelToken, Message, ModelError
 from moa_tui.backends.llama import LlamaChatModel
 from moa_tui.backends.openai_http import RemoteChatModel, RemoteModelError, estimate_tokens, open_remote
-from moa_tui.config import BUILTIN_DEFAULTS, EndpointSource, ModelSettings, ModelSpec
+from moa_tui.config import EndpointSource, ModelSettings, ModelSpec
 from tests.llama_server import MODEL_ALIAS, LlamaServer, free_port
 from tests.llama_server import llama_server as llama_server  # the module-scoped server fixture
 
@@ -28,7 +28,7 @@ QUESTION = [
 
 
 def settings(**overrides) -> ModelSettings:
-    return BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=1024, temperature=0.0, seed=1, **overrides))
+    return ModelSettings(n_ctx=1024, temperature=0.0, seed=1, **overrides)
 
 
 def remote(endpoint: str, model: str = MODEL_ALIAS, api_key_env: str | None = None, **kw) -> RemoteChatModel:

@@ -16,7 +16,7 @@ from moa_tui.backends.base import CancelToken, Message
 from moa_tui.backends.llama import KVSnapshot, LlamaChatModel, SessionStates, common_prefix
 from moa_tui.backends.pool import LocalModelPool
 from moa_tui.backends.scripted import ScriptedProvider
-from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
+from moa_tui.config import ModelSettings
 from moa_tui.events import ModelFinished
 from moa_tui.pipeline import MoAPipeline
 from moa_tui.transcript import conversation_to_dict, new_conversation
@@ -92,7 +92,7 @@ def test_pipeline_passes_each_panes_key_as_the_session(write_config):
 def settings(**overrides) -> ModelSettings:
     base = dict(n_ctx=2048, max_tokens=24, temperature=0.0, seed=7, n_gpu_layers=0)
     base.update(overrides)
-    return BUILTIN_DEFAULTS.merged(ModelSettings(**base))
+    return ModelSettings(**base)
 
 
 A1 = [Message("system", "You are a helpful geography tutor. Answer in one sentence."),

@@ -320,7 +320,7 @@ class LlamaChatModel:
         self.model_id = model_id
         self.path = str(path)
         self.notices: list[str] = []
-        n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers is not None else -1
+        n_gpu_layers = settings.n_gpu_layers
         if n_gpu_layers != 0 and not gpu_offload_supported():
             self.notices.append(InstallNotice(
                 "GPU offload requested, but this llama.cpp build is CPU-only: running on the CPU. "
@@ -330,11 +330,11 @@ class LlamaChatModel:
         kwargs = dict(
             model_path=self.path,
             n_gpu_layers=n_gpu_layers,
-            n_ctx=settings.n_ctx or 4096,
-            n_batch=settings.n_batch or 512,
+            n_ctx=settings.n_ctx,
+            n_batch=settings.n_batch,
             n_threads=threads,
             n_threads_batch=threads,
-            flash_attn=bool(settings.flash_attn),
+            flash_attn=settings.flash_attn,
             verbose=False,
         )
         if settings.seed is not None:
@@ -558,7 +558,7 @@ class LlamaChatModel:
         started = time.perf_counter()
         tokens, template_stops = self._tokenize(messages)
         stats = GenerationStats(prompt_tokens=len(tokens))
-        max_tokens = settings.max_tokens or 512
+        max_tokens = settings.max_tokens
         room = self.n_ctx - len(tokens)
         if room <= 0:
             raise ModelError(
@@ -570,7 +570,7 @@ class LlamaChatModel:
         self._take_thread_request()
         if settings.seed is not None:
             self._llm.set_seed(settings.seed)
-        stop_texts = [*(settings.stop or []), *template_stops]
+        stop_texts = [*settings.stop, *template_stops]
         special_stops = {s.encode() for s in stop_texts}
         matcher = StopMatcher(stop_texts)
         decoder = IncrementalDecoder()
@@ -584,11 +584,11 @@ class LlamaChatModel:
         self._set_abort(True)
         generator = self._llm.generate(
             tokens,
-            top_k=settings.top_k if settings.top_k is not None else 40,
-            top_p=settings.top_p if settings.top_p is not None else 0.95,
-            min_p=settings.min_p if settings.min_p is not None else 0.05,
-            temp=settings.temperature if settings.temperature is not None else 0.7,
-            repeat_penalty=settings.repeat_penalty if settings.repeat_penalty is not None else 1.0,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            min_p=settings.min_p,
+            temp=settings.temperature,
+            repeat_penalty=settings.repeat_penalty,
         )
         try:
             for token in generator:

@@ -135,7 +135,7 @@ class RemoteChatModel:
         self.model_id = model_id
         self.source = source
         self.endpoint = source.endpoint.rstrip("/")
-        self.n_ctx = settings.n_ctx or 4096
+        self.n_ctx = settings.n_ctx
         self.notices: list[str] = []
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout

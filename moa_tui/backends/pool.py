@@ -276,8 +276,8 @@ class LocalModelPool:
         on_gpu = settings.n_gpu_layers != 0 and _gpu_offload()
         try:
             # With GPU offload the weights go to VRAM, which free RAM says nothing about.
-            preflight(model_id, path, settings.n_ctx or 4096, n_batch=settings.n_batch or 512,
-                      flash_attn=bool(settings.flash_attn), check_memory=not on_gpu)
+            preflight(model_id, path, settings.n_ctx, n_batch=settings.n_batch, flash_attn=settings.flash_attn,
+                      check_memory=not on_gpu)
         except GGUFError as exc:
             raise ModelError(str(exc)) from exc
 

@@ -66,7 +66,7 @@ class _RunningScript:
         user = messages[-1].content if messages else ""
         tokens = script.tokens or split_tokens((script.text or "Answer from {id}.").format_map(
             {"user": user, "id": self.model_id}))
-        limit = settings.max_tokens or len(tokens)
+        limit = settings.max_tokens
         started = time.perf_counter()
         stats = GenerationStats(prompt_tokens=self.count_tokens(messages))
         stats.prompt_tokens_evaluated = stats.prompt_tokens
@@ -131,7 +131,7 @@ class ScriptedProvider:
                 raise ModelError(f"{spec.id}: loading cancelled")
             if script.load_error:
                 raise ModelError(f"{spec.id}: {script.load_error}")
-            self.models[spec.id] = _RunningScript(spec.id, script, spec.settings.n_ctx or 4096)
+            self.models[spec.id] = _RunningScript(spec.id, script, spec.settings.n_ctx)
             for message in script.notices:
                 emit(Notice(message, ref=ref))
         yield self.models[spec.id]

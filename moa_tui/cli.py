@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging() -> Path | None:
     """llama.cpp and library logs go to a file, never onto the terminal the user reads."""
-    from platformdirs import user_log_dir
+    from .paths import log_file
 
-    path = Path(os.environ.get("MOA_LOG_FILE") or Path(user_log_dir("moa-tui")) / "moa.log")
+    path = log_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
@@ -16,8 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import platformdirs
 import yaml
+
+from .paths import CONFIG_ENV, config_dir, config_from_env
 
 CONFIG_VERSION = 1
 CONFIG_NAME = "models.yaml"
@@ -203,11 +203,6 @@ class Config:
 # -- finding the file ---------------------------------------------------------------------------
 
 
-def user_config_dir() -> Path:
-    """The per-user config folder (~/.config/moa-tui on Linux); a function so tests can replace it."""
-    return Path(platformdirs.user_config_dir("moa-tui"))
-
-
 def shipped_config_path() -> Path:
     """The models.yaml that comes with moa-tui: inside the wheel, or at the root of a source checkout."""
     package_dir = Path(__file__).resolve().parent
@@ -219,13 +214,13 @@ def find_config(explicit: str | None = None) -> tuple[Path, str]:
     """The models.yaml to read and why it was chosen; an explicitly named file must exist."""
     if explicit:
         return _must_exist(explicit, "given with --config"), "--config"
-    from_env = os.environ.get("MOA_CONFIG")
+    from_env = config_from_env()
     if from_env:
-        return _must_exist(from_env, "set in $MOA_CONFIG"), "$MOA_CONFIG"
+        return _must_exist(from_env, f"set in ${CONFIG_ENV}"), f"${CONFIG_ENV}"
     here = Path.cwd() / CONFIG_NAME
     if here.is_file():
         return here, f"./{CONFIG_NAME}"
-    user = user_config_dir() / CONFIG_NAME
+    user = config_dir() / CONFIG_NAME
     if user.is_file():
         return user, "user config dir"
     return shipped_config_path(), "shipped default"

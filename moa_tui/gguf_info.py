@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .paths import SKIP_MEMORY_CHECK_ENV, env_flag
+
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -32,7 +34,6 @@ DEFAULT_ALIGNMENT = 32
 #: Set to 1 to skip the memory check: the estimate is a model of llama.cpp's allocations, not a
 #: measurement, and free memory is a snapshot (the OS can reclaim caches, swap exists, another
 #: build of llama.cpp may allocate differently). A user who knows better must be able to try.
-SKIP_MEMORY_CHECK_ENV = "MOA_SKIP_MEMORY_CHECK"
 #: Memory kept free for everything else (the OS, the Python process growing, the terminal).
 DEFAULT_MARGIN_BYTES = 256 * 1024 * 1024
 #: llama-cpp-python's default micro-batch: the compute buffers are sized for this many tokens.
@@ -877,7 +878,7 @@ def format_bytes(n: float) -> str:
 
 
 def memory_check_disabled() -> bool:
-    return os.environ.get(SKIP_MEMORY_CHECK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(SKIP_MEMORY_CHECK_ENV)
 
 
 def check_fits(

@@ -1,7 +1,8 @@
 """Every folder and environment variable moa reads, in one place.
 
 Each folder is a function, not a constant, so a test (or a user) that sets the variable after import
-still moves it. Folders are not created here; whoever writes into one creates it.
+still moves it. Folders are not created here; whoever writes into one creates it. The one variable
+read elsewhere is the one a models.yaml names itself (an endpoint's `api_key_env`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SKIP_MEMORY_CHECK_ENV = "MOA_SKIP_MEMORY_CHECK"  # load a model even if free RAM
 HF_OFFLINE_ENV = "HF_HUB_OFFLINE"  # huggingface_hub's own: use the cache only
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's own: another hub (the tests' loopback one)
 HF_TIMEOUT_ENV = "HF_HUB_DOWNLOAD_TIMEOUT"  # huggingface_hub's own: seconds a read may stall
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 
 _TRUE_VALUES = ("1", "true", "yes", "on")
 
@@ -61,3 +63,27 @@ def cache_dir() -> Path:
 def log_file() -> Path:
     """The log file ($MOA_LOG_FILE, else moa.log in the per-user log folder)."""
     return _from_env(LOG_FILE_ENV) or Path(platformdirs.user_log_dir(APP_NAME)) / "moa.log"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub computes it, but read now rather than at import.
+
+    huggingface_hub freezes HF_HOME and HF_HUB_CACHE into constants when first imported; reading them
+    here at call time lets a test (or a user) set them later.
+    """
+    env = os.environ
+    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def hf_endpoint() -> str:
+    """The hub to talk to: $HF_ENDPOINT (the tests' loopback hub), else huggingface.co."""
+    return (os.environ.get(HF_ENDPOINT_ENV) or HF_DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hf_download_timeout() -> str | None:
+    """$HF_HUB_DOWNLOAD_TIMEOUT: seconds a download may go without a byte (None: moa's own default)."""
+    return os.environ.get(HF_TIMEOUT_ENV) or None

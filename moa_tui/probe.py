@@ -31,6 +31,7 @@ from .backends.pool import Emit, ModelFileInfo, ModelProvider
 from .config import Config, Layer, ModelSettings, ModelSpec, Pipeline
 from .console import ProgressLine, table
 from .events import DownloadProgress, GenerationStats, ModelFailed, ModelFinished, ModelRef, Notice, TurnFinished
+from .paths import data_dir
 
 DATA_FOLDER = Path(__file__).resolve().parent / "data"
 PROBE_PROMPTS = DATA_FOLDER / "probe_prompts.txt"
@@ -54,16 +55,6 @@ def _usage(message: str) -> Exception:
 
 def err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def data_dir() -> Path:
-    """moa-tui's data folder ($MOA_DATA_DIR when set), where transcripts also live."""
-    import platformdirs
-
-    from .transcript import DATA_DIR_ENV
-
-    root = os.environ.get(DATA_DIR_ENV)
-    return Path(root).expanduser() if root else Path(platformdirs.user_data_dir("moa-tui"))
 
 
 def one_line(text: str, limit: int) -> str:

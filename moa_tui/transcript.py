@@ -24,13 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-import platformdirs
-
+from . import paths
 from .events import GenerationStats
 
 TRANSCRIPT_FORMAT = "moa-tui-transcript"
 TRANSCRIPT_VERSION = 1
-DATA_DIR_ENV = "MOA_DATA_DIR"
 TITLE_MAX = 60
 ID_MAX = 128
 STALE_TEMP_SECONDS = 3600  # a temp file this old was left by a killed writer, not one still writing
@@ -112,15 +110,9 @@ class TranscriptError(Exception):
 # -- where transcripts live ----------------------------------------------------------------------
 
 
-def _transcripts_path() -> Path:
-    root = os.environ.get(DATA_DIR_ENV)
-    base = Path(root).expanduser() if root else Path(platformdirs.user_data_dir("moa-tui"))
-    return base / "transcripts"
-
-
 def transcripts_dir() -> Path:
     """The transcripts folder (`$MOA_DATA_DIR/transcripts` when set), created on first use."""
-    path = _transcripts_path()
+    path = paths.transcripts_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -145,7 +137,7 @@ def new_conversation(pipeline: str, config_path: str | None = None) -> Conversat
     """A fresh conversation whose id sorts by creation time, e.g. `2026-11-24T15-04-05Z-3f9a`."""
     now = datetime.now(timezone.utc)
     stamp = now.strftime("%Y-%m-%dT%H-%M-%SZ")
-    folder = _transcripts_path()
+    folder = paths.transcripts_dir()
     conv_id = f"{stamp}-{secrets.token_hex(2)}"
     for _ in range(16):  # two conversations started in the same second must not share a file
         if not (folder / f"{conv_id}.json").exists():
@@ -479,7 +471,7 @@ def _summarize(path: Path) -> ConversationSummary:
 
 def list_conversations(directory: Path | None = None) -> list[ConversationSummary]:
     """Every `*.json` in the folder, most recently saved first; broken files are listed with `error` set."""
-    folder = _transcripts_path() if directory is None else Path(directory).expanduser()
+    folder = paths.transcripts_dir() if directory is None else Path(directory).expanduser()
     if not folder.is_dir():
         return []
     summaries = [_summarize(path) for path in folder.glob("*.json") if path.is_file()]
@@ -505,7 +497,7 @@ def resolve_transcript(arg: str) -> Path:
             raise ValueError(f"{_shown(str(candidate))} is a folder, not a transcript file")
     except OSError as exc:  # a name too long for the file system, a folder on the way that cannot be read
         raise FileNotFoundError(f"no transcript '{shown}': {exc.strerror or exc}") from None
-    folder = _transcripts_path()
+    folder = paths.transcripts_dir()
     stem = text.removesuffix(".json")
     if is_safe_id(stem) and folder.is_dir():
         exact = folder / f"{stem}.json"

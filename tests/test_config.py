@@ -241,7 +241,7 @@ def places(tmp_path, monkeypatch):
     cwd.mkdir()
     user.mkdir()
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(config_module, "user_config_dir", lambda: user)
+    monkeypatch.setattr(config_module, "config_dir", lambda: user)
     return cwd, user
 
 

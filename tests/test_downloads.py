@@ -1,4 +1,4 @@
-"""Resumable hf downloads (models._download) against the loopback hub: every fault a download meets.
+"""Resumable hf downloads (moa_tui.models.hub_download) against the loopback hub: every fault a download meets.
 
 Each test provokes one fault with tests/hub_server.py (a dropped or hung connection, a killed `moa pull`,
 a server refusing or failing, a full disk, a wrong checksum) and checks the bytes on disk, the Range
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from moa_tui import models
 from moa_tui.config import BUILTIN_DEFAULTS, HFSource, ModelSpec
-from moa_tui.models import DownloadCancelled, ModelSourceError, local_status, resolve_model
+from moa_tui.models import DownloadCancelled, ModelSourceError, hub_download, local_status, resolve_model
 from tests.hub_server import FakeHub, use_hub, write_gguf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +47,8 @@ def sha256(path: Path) -> str:
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch) -> None:
     """Retries as in production, minus the waiting."""
-    monkeypatch.setattr(models, "RETRY_WAIT", 0.01)
-    monkeypatch.setattr(models, "RETRY_WAIT_MAX", 0.05)
+    monkeypatch.setattr(hub_download, "RETRY_WAIT", 0.01)
+    monkeypatch.setattr(hub_download, "RETRY_WAIT_MAX", 0.05)
 
 
 @pytest.fixture
@@ -292,7 +291,7 @@ def test_server_error_that_persists_keeps_the_bytes_and_says_try_again(hub, mode
     message = str(error.value)
     assert message.startswith("m: hf:owner/repo: the Hugging Face hub had a problem (HTTP 500); try again later")
     assert "2.0 of 8.0 MiB are kept in" in message and "'moa pull' continues from there" in message
-    assert hub.file_requests(NAME) == 1 + models.DOWNLOAD_RETRIES
+    assert hub.file_requests(NAME) == 1 + hub_download.DOWNLOAD_RETRIES
     [partial] = partials(cache)
     assert partial.stat().st_size == 2 * MiB
     assert_not_usable(cache)
@@ -370,7 +369,7 @@ def test_disk_full_while_writing(hub, model, cache):
 
 def test_too_little_free_space_fails_before_downloading(hub, model, cache, monkeypatch):
     hub.add_repo("owner/repo", {NAME: model})
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 5 * MiB})())
+    monkeypatch.setattr(hub_download.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 5 * MiB})())
 
     with pytest.raises(ModelSourceError, match=r"not enough disk space in .*blobs for m-Q4_K_M\.gguf: it needs "
                                                r"8\.0 MiB more"):

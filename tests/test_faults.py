@@ -43,7 +43,8 @@ from moa_tui.events import (
     Token,
     TurnFinished,
 )
-from moa_tui.models import hf_cache_dir, local_status
+from moa_tui.models import local_status
+from moa_tui.paths import hf_cache_dir
 from moa_tui.pipeline import MoAPipeline
 from moa_tui.transcript import (
     Conversation,

@@ -24,7 +24,9 @@ from moa_tui.backends.scripted import ScriptedProvider
 from moa_tui.cli import main
 from moa_tui.config import BUILTIN_DEFAULTS, HFSource, ModelSettings, ModelSpec, PackageSource
 from moa_tui.events import ModelFailed, TurnFinished
-from moa_tui.models import ModelSourceError, hf_cache_dir, moa_cache_dir, resolve_model
+from moa_tui.models import ModelSourceError, resolve_model
+from moa_tui.paths import cache_dir as moa_cache_dir
+from moa_tui.paths import hf_cache_dir
 from moa_tui.pipeline import MoAPipeline
 from moa_tui.transcript import (
     export_markdown_file,

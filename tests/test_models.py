@@ -18,12 +18,12 @@ from moa_tui.config import BUILTIN_DEFAULTS, EndpointSource, HFSource, ModelSpec
 from moa_tui.models import (
     DownloadCancelled,
     ModelSourceError,
-    _pick,
     is_local_source,
     local_status,
     offline_mode,
     resolve_model,
 )
+from moa_tui.models.hub_files import pick_files
 from tests.hub_server import FakeHub, free_port, use_hub, write_gguf
 
 MiB = 2**20
@@ -165,7 +165,7 @@ def test_file_glob_picks_the_matching_gguf(hub, files):
 
 
 def test_dropped_connection_resumes_with_a_range_request(hub, files, capfd, caplog, monkeypatch):
-    monkeypatch.setattr("moa_tui.models.RETRY_WAIT", 0.01)
+    monkeypatch.setattr("moa_tui.models.hub_download.RETRY_WAIT", 0.01)
     model = write_gguf(files / "a.gguf", 3 * MiB, seed=3)
     hub.add_repo("owner/repo", {"m-Q4_K_M.gguf": model})
     hub.drop_after["m-Q4_K_M.gguf"] = MiB + MiB // 2
@@ -176,7 +176,7 @@ def test_dropped_connection_resumes_with_a_range_request(hub, files, capfd, capl
     assert hub.file_ranges("m-Q4_K_M.gguf") == [None, f"bytes={MiB + MiB // 2}-"]  # the cut one, the resumed one
     assert hub.served["m-Q4_K_M.gguf"] == 3 * MiB  # no byte sent twice
     # the retry warning reaches the log handlers, not the terminal (it would draw over the TUI)
-    assert any("resuming" in r.getMessage() for r in caplog.records if r.name == "moa_tui.models")
+    assert any("resuming" in r.getMessage() for r in caplog.records if r.name == "moa_tui.models.hub_download")
     assert capfd.readouterr().err == ""
 
 
@@ -237,7 +237,7 @@ def test_parallel_resolves_of_one_model_download_it_once(hub, files):
     (["m-Q4_K_M.bin", "README.md"], "Q4_K_M", None),
 ])
 def test_quant_choice(names, quant, expected):
-    assert _pick(names, HFSource("o/r", quant=quant)) == expected
+    assert pick_files(names, HFSource("o/r", quant=quant)) == expected
 
 
 def test_missing_quant_lists_the_quants_the_repo_has(hub, files):
@@ -331,7 +331,7 @@ def test_network_failure_during_the_download(hub, files, monkeypatch):
 
     hub.add_repo("owner/repo", {"m-Q4_K_M.gguf": write_gguf(files / "a.gguf", 10)})
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_network)
-    monkeypatch.setattr("moa_tui.models.RETRY_WAIT", 0.01)
+    monkeypatch.setattr("moa_tui.models.hub_download.RETRY_WAIT", 0.01)
     with pytest.raises(ModelSourceError, match=r"^m: could not reach the Hugging Face hub .*\(connection refused\)"):
         resolve_model(hf(quant="Q4_K_M"))
     assert len(calls) == 6  # the first try and DOWNLOAD_RETRIES more

@@ -99,7 +99,7 @@ def test_moa_data_dir_is_respected(tmp_path, monkeypatch):
 def test_without_env_the_platform_data_dir_is_used(tmp_path, monkeypatch):
     asked = []
     monkeypatch.delenv("MOA_DATA_DIR", raising=False)
-    monkeypatch.setattr(transcript_module.platformdirs, "user_data_dir",
+    monkeypatch.setattr("moa_tui.paths.platformdirs.user_data_dir",
                         lambda app: asked.append(app) or str(tmp_path / "platform"))
     assert transcripts_dir() == tmp_path / "platform" / "transcripts"
     assert asked == ["moa-tui"]

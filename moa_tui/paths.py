@@ -18,7 +18,10 @@ CONFIG_ENV = "MOA_CONFIG"  # a models.yaml to read instead of the search (config
 DATA_DIR_ENV = "MOA_DATA_DIR"  # transcripts, probe and eval reports, input history
 CACHE_DIR_ENV = "MOA_CACHE_DIR"  # assembled package models, what moa remembers between runs
 LOG_FILE_ENV = "MOA_LOG_FILE"  # llama.cpp's and moa's log
-SKIP_MEMORY_CHECK_ENV = "MOA_SKIP_MEMORY_CHECK"  # load a model even if free RAM says it will not fit
+# Set to 1 to skip the memory check: the estimate is a model of llama.cpp's allocations, not a
+# measurement, and free memory is a snapshot (the OS can reclaim caches, swap exists, another build
+# of llama.cpp may allocate differently). A user who knows better must be able to try.
+SKIP_MEMORY_CHECK_ENV = "MOA_SKIP_MEMORY_CHECK"
 HF_OFFLINE_ENV = "HF_HUB_OFFLINE"  # huggingface_hub's own: use the cache only
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's own: another hub (the tests' loopback one)
 HF_TIMEOUT_ENV = "HF_HUB_DOWNLOAD_TIMEOUT"  # huggingface_hub's own: seconds a read may stall

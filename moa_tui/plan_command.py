@@ -10,7 +10,8 @@ import json
 import sys
 
 from .config import Config
-from .planner import build_plan, render_plan
+from .plan_text import render_plan
+from .planner import build_plan
 
 EXIT_OK = 0
 EXIT_DOES_NOT_FIT = 1

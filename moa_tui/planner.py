@@ -5,7 +5,7 @@ turn (and for `moa plan`) this module works out, from each model's GGUF header a
 
 - **Shared loads.** Specs that use the same file with the same load settings (several roles, Self-MoA
   samples) are one loaded model, so their memory is counted once.
-- **Size.** Weights + KV cache for the model's n_ctx + compute buffers (gguf_info.estimate_memory,
+- **Size.** Weights + KV cache for the model's n_ctx + compute buffers (gguf.estimate_memory,
   which matches llama.cpp's own figures). A model not downloaded yet has an unknown size: it is planned
   *swapped* (the least memory it can take) and the plan says so.
 - **GPU layers.** With a llama.cpp build that can offload, `n_gpu_layers: auto` becomes as many
@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +47,15 @@ VRAM_MARGIN_MIN = 512 * 1_000_000
 
 # Settings that change how a model is loaded (generation settings may differ per role): specs that
 # agree on these and on the file share one loaded model.
+# Bounds of the KV snapshots one loaded model keeps per role (backends/llama.py `SessionStates` keeps
+# them; the plan counts them). A snapshot is the KV cache of the tokens it holds: SmolLM2-135M takes
+# 23 KB per token (f16), so 23 MB for a 1000-token conversation and 47 MB for a full n_ctx 2048; a
+# 1.5B model with GQA about 28 KB per token, an 8B one 128 KB. Eight snapshots cover every role a
+# pipeline realistically gives one model (proposer, aggregator, final, a few Self-MoA samples); the
+# byte budget keeps a long conversation on a big model from holding gigabytes of host RAM.
+SAVED_STATES_MAX = 8
+SAVED_STATE_BYTES_MAX = 256 * 1024 * 1024
+
 LOAD_KEYS = ("n_ctx", "n_gpu_layers", "n_threads", "n_batch", "flash_attn", "chat_format", "cpu_repack")
 
 NOT_DOWNLOADED = "unknown size, not downloaded"
@@ -91,8 +98,8 @@ class ModelSize:
 
     @classmethod
     def of_file(cls, path: str, settings: ModelSettings, file_size: int | None = None) -> ModelSize:
-        """Read the header of `path` (raises gguf_info.GGUFError) and estimate for these settings."""
-        from .gguf_info import estimate_memory, read_gguf_info
+        """Read the header of `path` (raises gguf.GGUFError) and estimate for these settings."""
+        from .gguf import estimate_memory, read_gguf_info
 
         info = read_gguf_info(path)
         est = estimate_memory(info, settings.n_ctx, n_batch=settings.n_batch,
@@ -334,7 +341,6 @@ def _group(pipeline: Pipeline, infos: Mapping[str, ModelSize | Unknown | None]) 
 def _plan_saved_states(models: list[ModelPlan]) -> None:
     """A model serving several roles keeps a KV snapshot per role in host RAM (backends/llama.py), at
     most SAVED_STATES_MAX of them and SAVED_STATE_BYTES_MAX in all; each is at most its KV cache."""
-    from .backends.base import SAVED_STATE_BYTES_MAX, SAVED_STATES_MAX
 
     for model in models:
         roles = sum(model.uses.values())
@@ -557,7 +563,7 @@ def model_sizes(pipeline: Pipeline, paths: Mapping[str, str] | None = None) -> d
 
     paths: files already resolved for some spec ids (the pool knows them after a download).
     """
-    from .gguf_info import GGUFError
+    from .gguf import GGUFError
     from .models import local_status
 
     sizes: dict[str, ModelSize | Unknown] = {}
@@ -582,84 +588,6 @@ def model_sizes(pipeline: Pipeline, paths: Mapping[str, str] | None = None) -> d
     return sizes
 
 
-def gpu_offload_available() -> bool:
-    """Whether the installed llama.cpp can put layers on a GPU (False when it is not installed)."""
-    try:
-        import llama_cpp
-    except ImportError:
-        return False
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
-def free_vram() -> int | None:
-    """Bytes of GPU memory free now, or None when there is no GPU (or it cannot be asked)."""
-    found = _ggml_free_vram()
-    return found if found is not None else _nvidia_smi_free_vram()
-
-
-def _ggml_free_vram() -> int | None:
-    """Ask ggml's device registry (the devices llama.cpp itself would offload to) for their free memory.
-
-    llama-cpp-python 0.3.x does not bind these functions, so they are called through ctypes on the
-    libraries it ships. GPU devices are summed (llama.cpp splits layers over them); integrated GPUs
-    count only when there is no discrete one. A CPU-only build lists the CPU alone: None.
-    """
-    import ctypes
-
-    try:
-        from llama_cpp import llama_cpp as low
-
-        lib_dir = os.path.dirname(low._lib._name)  # the folder of the libllama that llama_cpp loaded
-        ggml = ctypes.CDLL(os.path.join(lib_dir, _lib_name("ggml")))
-        base = ctypes.CDLL(os.path.join(lib_dir, _lib_name("ggml-base")))
-    except (ImportError, OSError, AttributeError, TypeError):
-        return None
-    try:
-        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-        ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        base.ggml_backend_dev_type.restype = ctypes.c_int
-        base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        base.ggml_backend_dev_memory.restype = None
-        base.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                                 ctypes.POINTER(ctypes.c_size_t)]
-    except AttributeError:  # an older ggml without the device API
-        return None
-    free_by_type: dict[int, int] = {}
-    for index in range(int(ggml.ggml_backend_dev_count())):
-        device = ggml.ggml_backend_dev_get(index)
-        kind = int(base.ggml_backend_dev_type(device))
-        if kind not in (1, 2):  # ggml_backend_dev_type: CPU=0, GPU=1, IGPU=2, ACCEL=3
-            continue
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        base.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
-        free_by_type[kind] = free_by_type.get(kind, 0) + int(free.value)
-    if 1 in free_by_type:
-        return free_by_type[1]
-    return free_by_type.get(2)
-
-
-def _lib_name(stem: str) -> str:
-    import sys
-
-    if sys.platform == "win32":
-        return f"{stem}.dll"
-    return f"lib{stem}.dylib" if sys.platform == "darwin" else f"lib{stem}.so"
-
-
-def _nvidia_smi_free_vram() -> int | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        values = [int(line.strip()) for line in out.splitlines() if line.strip()]
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    return sum(values) * 1024 * 1024 if values else None  # MiB
-
-
 def _margin(free: int, minimum: int) -> int:
     return max(minimum, int(free * MARGIN_FRACTION))
 
@@ -667,7 +595,7 @@ def _margin(free: int, minimum: int) -> int:
 def detect_budget(memory: MemoryBudget | None = None, *, gpu_offload: bool | None = None,
                   ram_free: int | None = None, vram_free: int | None = None) -> Budget:
     """The budget from `memory:` in models.yaml, or what is free now minus a margin."""
-    from .gguf_info import available_memory
+    from .sysmem import available_memory, free_vram, gpu_offload_available
 
     memory = memory or MemoryBudget()
     offload = gpu_offload_available() if gpu_offload is None else gpu_offload
@@ -708,70 +636,3 @@ def build_plan(config: Config, pipeline: Pipeline | str | None = None, *, budget
 def solo_pipeline(spec: ModelSpec) -> Pipeline:
     """A one-model pipeline, to plan a model the pool meets outside any prepared pipeline."""
     return Pipeline(f"({spec.id})", [Layer([spec])])
-
-
-# -- text ---------------------------------------------------------------------------------------
-
-PLAN_HEADER = ["model", "file size", "KV cache", "total", "runs on", "threads", "in memory"]
-
-
-def plan_rows(result: Plan) -> list[list[str]]:
-    rows = []
-    for m in result.models:
-        if m.remote:
-            rows.append([m.name, "-", "-", "-", "remote", "-", "-"])
-            continue
-        size = m.size
-        if size is None:
-            rows.append([m.name, "?", "?", "?", "?", m.threads_text, f"swapped ({m.unknown or NOT_DOWNLOADED})"])
-            continue
-        where = m.residency if m.fits else "does not fit"
-        kv = _size(size.kv_cache) + (f" + {_size(m.saved_states)} saved" if m.saved_states else "")
-        rows.append([m.name, _size(size.file_size), kv, _size(size.total + m.saved_states), m.placement,
-                     m.threads_text, where])
-    return rows
-
-
-def budget_lines(result: Plan) -> list[str]:
-    b = result.budget
-
-    def why(source: str) -> str:
-        return f" ({source})" if source else ""
-
-    ram = f"{_size(result.ram_peak)} of {_size(b.ram)}" if b.ram is not None else f"{_size(result.ram_peak)}"
-    lines = [f"RAM: {ram} at the peak of a turn{why(b.ram_source)}"]
-    if b.vram is not None:
-        lines.append(f"GPU: {_size(result.vram_peak)} of {_size(b.vram)} at the peak{why(b.vram_source)}")
-    else:
-        lines.append(f"GPU: not used{why(b.vram_source)}")
-    lines.append(f"CPU: {b.cpu_count} cores")
-    return lines
-
-
-def plan_title(result: Plan) -> str:
-    mode = "parallel" if result.parallel else "one model at a time"
-    return f"Memory plan for pipeline '{result.pipeline}' ({mode})"
-
-
-def plan_table(result: Plan) -> str:
-    from .console import table
-
-    return table(plan_rows(result), PLAN_HEADER)
-
-
-def plan_details(result: Plan) -> str:
-    """The budget, the notes and the errors under the table."""
-    lines = budget_lines(result)
-    details = [f"{m.name}: {note}" for m in result.models for note in m.notes]
-    if details or result.notes:
-        lines += ["", "Notes:"]
-        lines += [f"- {note}" for note in [*details, *result.notes]]
-    if result.errors:
-        lines += ["", "Does not fit:"]
-        lines += [f"- {error}" for error in result.errors]
-    return "\n".join(lines)
-
-
-def render_plan(result: Plan) -> str:
-    """The plan as plain text: a table, the budget, notes and errors (for `moa plan`)."""
-    return "\n\n".join([plan_title(result), plan_table(result), plan_details(result)])

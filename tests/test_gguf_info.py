@@ -19,17 +19,19 @@ from pathlib import Path
 import pytest
 from gguf import GGUFEndian
 
-from moa_tui import gguf_info
-from moa_tui.gguf_info import (
-    DEFAULT_MARGIN_BYTES,
+from moa_tui import sysmem
+from moa_tui.gguf import (
     GGUFError,
     OmittedValue,
-    available_memory,
     check_fits,
     estimate_memory,
+    format_bytes,
     preflight,
     read_gguf_info,
 )
+from moa_tui.gguf import format as gguf_format
+from moa_tui.gguf import reader as gguf_reader
+from moa_tui.gguf.memory import DEFAULT_MARGIN_BYTES
 
 from .gguf_factory import (
     FIRST_VALUE_LENGTH_OFFSET,
@@ -382,7 +384,7 @@ def test_permission_denied_message(tmp_path, monkeypatch, llama_forbidden):
     def deny(*_args, **_kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(gguf_info.os, "open", deny)
+    monkeypatch.setattr(gguf_reader.os, "open", deny)
     error = rejected(path)
     assert f"cannot read {path}: permission denied; give your user read access" in str(error)
     assert error.kind == "unreadable"
@@ -417,8 +419,8 @@ def test_a_model_that_does_not_fit_is_refused_with_advice(smollm2_path, llama_fo
     error = rejected(smollm2_path, model_id="smollm2", n_ctx=8192, available=available)
     message = str(error)
     assert message.startswith("smollm2: SmolLM2-135M-Instruct.Q4_1.gguf needs about ")
-    assert f"{gguf_info.format_bytes(est_8k.total_bytes)} (97 MB weights + 189 MB KV cache for n_ctx 8192" in message
-    assert f"but only {gguf_info.format_bytes(available)} of memory is free" in message
+    assert f"{format_bytes(est_8k.total_bytes)} (97 MB weights + 189 MB KV cache for n_ctx 8192" in message
+    assert f"but only {format_bytes(available)} of memory is free" in message
     assert "lower n_ctx (n_ctx 2048 would fit)" in message
     assert "close other programs" in message and "MOA_SKIP_MEMORY_CHECK=1" in message
     assert error.kind == "too_big"
@@ -463,7 +465,7 @@ def test_flash_attention_and_smaller_batches_need_less_compute(smollm2_path):
 
 
 def test_available_memory_is_known_here():
-    free = available_memory()
+    free = sysmem.available_memory()
     assert free is None or free > 0
     if os.path.exists("/proc/meminfo"):
         assert free is not None
@@ -521,11 +523,11 @@ def test_a_cgroup_limit_caps_the_free_memory(tmp_path, monkeypatch):
     unlimited = tmp_path / "unlimited"
     unlimited.mkdir()
     (unlimited / "memory.max").write_text("max\n")
-    monkeypatch.setattr(gguf_info, "_cgroup_dirs", lambda: [(str(unlimited / "memory.max"), "", "", ""), files])
-    monkeypatch.setattr(gguf_info, "_meminfo_available", lambda: 8 * 10**9)
-    assert available_memory() == 1_000_000_000 - 900_000_000 + 50_000_000
-    monkeypatch.setattr(gguf_info, "_cgroup_dirs", lambda: [])
-    assert available_memory() == 8 * 10**9
+    monkeypatch.setattr(sysmem, "_cgroup_dirs", lambda: [(str(unlimited / "memory.max"), "", "", ""), files])
+    monkeypatch.setattr(sysmem, "_meminfo_available", lambda: 8 * 10**9)
+    assert sysmem.available_memory() == 1_000_000_000 - 900_000_000 + 50_000_000
+    monkeypatch.setattr(sysmem, "_cgroup_dirs", lambda: [])
+    assert sysmem.available_memory() == 8 * 10**9
 
 
 def _gguf_string(text: bytes) -> bytes:
@@ -537,13 +539,13 @@ def test_the_largest_headers_within_the_limits_still_parse_fast(case, tmp_path):
     """The hard limits bound the work: a header at each limit is read in a fraction of a second."""
     head = b"GGUF" + struct.pack("<I", 3)
     if case == "most_strings":  # one array of empty strings, as many as allowed
-        n = gguf_info.MAX_STRING_ITEMS
+        n = gguf_format.MAX_STRING_ITEMS
         data = head + struct.pack("<QQ", 0, 1) + _gguf_string(b"k") + struct.pack("<IIQ", 9, 8, n) + bytes(8 * n)
     elif case == "most_tensors":  # scalar F32 tensors with empty names
-        n = gguf_info.MAX_TENSOR_COUNT
+        n = gguf_format.MAX_TENSOR_COUNT
         data = head + struct.pack("<QQ", n, 0) + (_gguf_string(b"") + struct.pack("<IIQ", 0, 0, 0)) * n + bytes(64)
     else:  # keys with 256-byte arrays
-        n = gguf_info.MAX_KV_COUNT
+        n = gguf_format.MAX_KV_COUNT
         data = head + struct.pack("<QQ", 0, n) + b"".join(
             _gguf_string(b"k%d" % i) + struct.pack("<IIQ", 9, 0, 256) + bytes(256) for i in range(n)
         )

@@ -21,7 +21,8 @@ from moa_tui.backends.pool import LocalModelPool
 from moa_tui.config import ModelSettings, load_config
 from moa_tui.events import ModelRef, Notice, TurnFinished
 from moa_tui.pipeline import MoAPipeline
-from moa_tui.planner import GB, Budget, ModelSize, Unknown, build_plan, detect_budget, plan, render_plan
+from moa_tui.plan_text import render_plan
+from moa_tui.planner import GB, Budget, ModelSize, Unknown, build_plan, detect_budget, plan
 from moa_tui.transcript import new_conversation
 
 from .conftest import SHIPPED_CONFIG
@@ -167,7 +168,7 @@ def test_one_file_used_by_several_roles_or_samples_is_counted_once():
 def test_saved_kv_states_are_capped_and_can_make_a_shared_model_swap():
     """One saved state per role, each up to the KV cache (60 MB here), at most 256 MiB in all; counted in
     RAM, so a budget that would hold every model without them no longer keeps them all resident."""
-    from moa_tui.backends.base import SAVED_STATE_BYTES_MAX
+    from moa_tui.planner import SAVED_STATE_BYTES_MAX
 
     config = load_config(SHIPPED_CONFIG)
     pipeline = config.pipeline("tiny")
@@ -222,7 +223,7 @@ def test_budget_from_config_or_free_memory_minus_a_margin():
 
 
 def test_free_vram_is_none_without_a_gpu():
-    from moa_tui.planner import _ggml_free_vram, gpu_offload_available
+    from moa_tui.sysmem import _ggml_free_vram, gpu_offload_available
 
     if gpu_offload_available():
         pytest.skip("this llama.cpp build has GPU offload")

@@ -10,15 +10,6 @@ from typing import Protocol
 from ..config import ModelSettings
 from ..events import GenerationStats
 
-# Bounds of the KV snapshots one loaded model keeps per role (backends/llama.py `SessionStates`; the
-# memory planner counts them). A snapshot is the KV cache of the tokens it holds: SmolLM2-135M takes
-# 23 KB per token (f16), so 23 MB for a 1000-token conversation and 47 MB for a full n_ctx 2048; a
-# 1.5B model with GQA about 28 KB per token, an 8B one 128 KB. Eight snapshots cover every role a
-# pipeline realistically gives one model (proposer, aggregator, final, a few Self-MoA samples); the
-# byte budget keeps a long conversation on a big model from holding gigabytes of host RAM.
-SAVED_STATES_MAX = 8
-SAVED_STATE_BYTES_MAX = 256 * 1024 * 1024
-
 
 class CancelToken:
     """Set once to stop every running model; checked between tokens and during prompt eval."""

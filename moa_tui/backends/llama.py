@@ -28,9 +28,8 @@ from typing import Any
 
 from ..config import ModelSettings
 from ..events import GenerationStats
+from ..planner import SAVED_STATE_BYTES_MAX, SAVED_STATES_MAX
 from .base import (
-    SAVED_STATE_BYTES_MAX,
-    SAVED_STATES_MAX,
     CancelToken,
     ChatResult,
     InstallNotice,

@@ -271,7 +271,7 @@ class LocalModelPool:
     @staticmethod
     def _preflight(model_id: str, settings: ModelSettings, path: str) -> None:
         """Refuse a broken, hostile or too-big GGUF with a clear message before llama.cpp touches it."""
-        from ..gguf_info import GGUFError, preflight
+        from ..gguf import GGUFError, preflight
 
         on_gpu = settings.n_gpu_layers != 0 and _gpu_offload()
         try:

@@ -9,7 +9,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from ...config import Config, Pipeline
-from ...planner import Plan, build_plan, plan_details, plan_table
+from ...plan_text import plan_details, plan_table
+from ...planner import Plan, build_plan
 from ..text import literal_content
 
 

@@ -1,6 +1,6 @@
 """Engine overhead: a full `tiny` turn through moa vs the same model calls made with raw `Llama.generate()`.
 
-moa side: `MoAPipeline` over the real `LocalModelPool` (save=False), greedy, every event consumed,
+moa side: `MoAPipeline` over the real `ModelPool` (save=False), greedy, every event consumed,
 `parallel: false` (the raw side makes its calls one after the other; `parallel` measures the split).
 Raw side: for each model call moa made, the same prompt tokens (recorded at moa's `Llama.generate()`),
 the same sampling arguments and exactly the same number of sampled tokens (each detokenized), made

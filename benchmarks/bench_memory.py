@@ -3,7 +3,7 @@
 Each pipeline runs in a fresh process (so the peak is its own): `tiny` (SmolLM2 serves the proposer,
 aggregator and final roles; Gemma the other proposer) and `self-moa` (SmolLM2 samples 3 answers, then
 writes the final one: four roles, one file), 2 turns each, through `MoAPipeline` and the real
-`LocalModelPool`. `llama_cpp.Llama.__init__` is wrapped to count constructions per model file.
+`ModelPool`. `llama_cpp.Llama.__init__` is wrapped to count constructions per model file.
 Peak RSS = the process's VmHWM (/proc/self/status) at the end, and after the imports for scale;
 `resource.getrusage(RUSAGE_SELF).ru_maxrss` is reported too, but on Linux it can include the parent's
 RSS at fork (a busy benchmark runner), so the target uses VmHWM.

@@ -1,7 +1,7 @@
 """Multi-turn reuse: on turn 5 of a conversation, how much of each model's prompt is evaluated again?
 
 A 5-turn conversation on the shipped `tiny` pipeline (greedy), through `MoAPipeline` and the real
-`LocalModelPool`; models loaded before turn 1 (untimed). For every model of turn 5, from its
+`ModelPool`; models loaded before turn 1 (untimed). For every model of turn 5, from its
 `ModelFinished` stats: prompt tokens evaluated / prompt tokens (the rest came from the KV cache).
 Each run is a new pipeline (nothing cached from an earlier run); figures are medians over runs.
 Targets: every model's ratio on turn 5 <= 0.25; turn 5's wall time <= 1.3 x turn 2's. For information, the

@@ -6,7 +6,7 @@ of every turn, a new `llama_cpp.Llama` (the same file and load settings), the wh
 exactly the same number of tokens sampled as moa did, then `close()`. Each call runs in a fresh thread,
 as moa's do.
 
-moa side: a new `MoAPipeline` (real `LocalModelPool`, save=False), 5 turns of one conversation on the
+moa side: a new `MoAPipeline` (real `ModelPool`, save=False), 5 turns of one conversation on the
 shipped `tiny` pipeline, greedy, model loads included (moa loads each file once, on first use). The
 original side replays the exact prompts moa sent (recorded token ids: the same conversation history)
 with the same token counts. Runs alternate which side goes first. Target: moa <= 0.5 x the original.

@@ -1,6 +1,6 @@
 """Parallel vs sequential proposers on this machine: the `tiny` pipeline with `parallel: true` and `false`.
 
-Two pipelines (real `LocalModelPool`, greedy, models loaded and a warm-up turn first), the same
+Two pipelines (real `ModelPool`, greedy, models loaded and a warm-up turn first), the same
 questions, turns alternating between them (order rotates). With `parallel: true` the two proposers
 (SmolLM2 and Gemma) run at the same time, the planner splitting the cores between them (one thread
 each on two cores); with `false` one after the other, each with all cores. Reports the turn's wall

@@ -12,7 +12,7 @@ exactly as many tokens as moa generated for that pane on that turn (end-of-gener
 with `logit_bias`), greedy, with moa's sampling settings. The conversation goes on with the
 reference's own final answers as history.
 
-moa side: a new `MoAPipeline` per run (real `LocalModelPool`, models loaded before the first turn,
+moa side: a new `MoAPipeline` per run (real `ModelPool`, models loaded before the first turn,
 untimed; servers are started untimed too), the shipped `tiny` pipeline with its shipped `parallel`
 setting. 3 turns per side; runs alternate which side goes first.
 Target: moa <= 0.8 x the reference approach's wall time.

@@ -3,7 +3,7 @@
 Each benchmark is a module `benchmarks/bench_<name>.py` with `run(quick: bool, runs: int) -> dict`
 returning `result(...)`: figures, checks (measured vs target, met or not) and Markdown details.
 
-Recording: the pipeline is run with the real `LocalModelPool`, given a loader that builds the real
+Recording: the pipeline is run with the real `ModelPool`, given a loader that builds the real
 `LlamaChatModel` and wraps its `Llama.generate` to note the exact prompt tokens, the sampling
 arguments and every token sampled. The baselines (raw llama-cpp-python, the original project's way)
 replay exactly those calls, so both sides evaluate the same prompts and sample the same number of
@@ -231,7 +231,7 @@ class Recorder:
 
 
 def recording_loader(recorder: Recorder) -> Callable:
-    """A `LocalModelPool(loader=...)`: the real LlamaChatModel, its generate() calls recorded."""
+    """A `ModelPool(loader=...)`: the real LlamaChatModel, its generate() calls recorded."""
     from moa_tui.backends.llama import LlamaChatModel
 
     def load(model_id: str, path: str, settings):
@@ -282,12 +282,12 @@ def wrap_generate(llm, model_id: str, path: str, recorder: Recorder) -> None:
 
 
 def recording_pipeline(config, pipeline: str = "tiny", recorder: Recorder | None = None):
-    """A MoAPipeline over the real LocalModelPool (llama.cpp), its model calls recorded; save=False."""
-    from moa_tui.backends.pool import LocalModelPool
+    """A MoAPipeline over the real ModelPool (llama.cpp), its model calls recorded; save=False."""
+    from moa_tui.backends.pool import ModelPool
     from moa_tui.pipeline import MoAPipeline
 
     recorder = recorder or Recorder()
-    pool = LocalModelPool(offline=True, loader=recording_loader(recorder))
+    pool = ModelPool(offline=True, loader=recording_loader(recorder))
     return MoAPipeline(config, pipeline, provider=pool, offline=True, save=False), recorder
 
 

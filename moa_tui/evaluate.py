@@ -17,9 +17,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends.pool import LOAD_KEYS
 from .config import Config, ModelSpec
 from .console import table
+from .planner import LOAD_KEYS
 from .probe import (
     DATA_FOLDER,
     EXIT_FAILED,
@@ -279,7 +279,7 @@ def breakdown_table(systems: list[System], items: list[EvalItem]) -> str | None:
 
 
 def run_eval(args, config: Config) -> int:
-    from .backends.pool import LocalModelPool
+    from .backends.pool import ModelPool
     from .models import offline_mode
 
     limit = getattr(args, "limit", None)
@@ -301,7 +301,7 @@ def run_eval(args, config: Config) -> int:
         "format": EVAL_FORMAT, "version": 1, "started_at": now_iso(), "config": str(config.path),
         "dataset": str(path), "pipeline": systems[0].name, "questions": len(items), "interrupted": False,
     }
-    pool = LocalModelPool(offline=offline)
+    pool = ModelPool(offline=offline)
     console = Console()
     status = EXIT_OK
     try:

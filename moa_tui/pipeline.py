@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .backends.base import CancelToken, ModelError
-from .backends.pool import LocalModelPool, ModelProvider
+from .backends.base import CancelToken, ModelError, ModelProvider
+from .backends.pool import ModelPool
 from .config import Config, EndpointSource, ModelSpec, Pipeline
 from .events import (
     Event,
@@ -80,10 +80,8 @@ class MoAPipeline:
     ) -> None:
         self.config = config
         self.pipeline: Pipeline = config.pipeline(pipeline_name)
-        self.provider: ModelProvider = provider or LocalModelPool(offline=offline)
-        prepare = getattr(self.provider, "prepare", None)  # the pool plans memory for this pipeline
-        if callable(prepare):
-            prepare(self.pipeline, config.memory)
+        self.provider: ModelProvider = provider or ModelPool(offline=offline)
+        self.provider.prepare(self.pipeline, config.memory)  # the pool plans memory for this pipeline
         self.offline = offline
         self.save_dir = save_dir
         self.save = save
@@ -213,9 +211,7 @@ class MoAPipeline:
 
     def _layer_done(self, li: int) -> None:
         """Tell the provider a layer is over, so it releases the models the memory plan loads per layer."""
-        done = getattr(self.provider, "layer_done", None)  # providers from before memory planning lack it
-        if callable(done):
-            done(li)
+        self.provider.layer_done(li)
 
     def _model_worker(self, ref, spec, parts, cancel, events, outcomes) -> None:
         emit = events.put
@@ -237,7 +233,7 @@ class MoAPipeline:
                     emit(ModelStarted(ref, fit.tokens))
                     result = model.chat(fit.parts.messages(), spec.settings, cancel, on_token, session=ref.key)
                 except ModelError as exc:  # one loaded model serves several ids: name the one that failed
-                    raise ModelError(_renamed(str(exc), getattr(model, "model_id", spec.id), spec.id)) from exc
+                    raise ModelError(_renamed(str(exc), model.model_id, spec.id)) from exc
             answer.text = result.text
             answer.stats = result.stats
             answer.status = "cancelled" if result.cancelled else "done"

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .backends.base import CancelToken, ChatResult, Message, ModelError
-from .backends.pool import Emit, ModelFileInfo, ModelProvider
+from .backends.base import CancelToken, ChatModel, ChatResult, Emit, Message, ModelError, ModelFileInfo, ModelProvider
 from .config import Config, Layer, ModelSettings, ModelSpec, Pipeline
 from .console import ProgressLine, table
 from .events import DownloadProgress, GenerationStats, ModelFailed, ModelFinished, ModelRef, Notice, TurnFinished
@@ -217,7 +216,7 @@ def run_turn(config: Config, pipeline_name: str, provider: ModelProvider, messag
 # -- replayed reference answers ------------------------------------------------------------------
 
 
-class _Replay:
+class _Replay(ChatModel):
     """A stand-in model that answers with a fixed text at once (an earlier answer being replayed)."""
 
     def __init__(self, model_id: str, text: str) -> None:
@@ -237,7 +236,7 @@ class _Replay:
         pass
 
 
-class ReplayProvider:
+class ReplayProvider(ModelProvider):
     """Serves replayed answers for some ids and passes every other model to the real provider."""
 
     def __init__(self, inner: ModelProvider, texts: dict[str, str]) -> None:
@@ -394,7 +393,7 @@ def summary_table(summary: list[dict]) -> str:
 
 
 def run_probe(args, config: Config) -> int:
-    from .backends.pool import LocalModelPool
+    from .backends.pool import ModelPool
     from .models import offline_mode
 
     try:
@@ -416,7 +415,7 @@ def run_probe(args, config: Config) -> int:
         "runs": [], "summary": [], "interrupted": False,
     }
     runs: list[dict] = report["runs"]
-    pool = LocalModelPool(offline=offline)
+    pool = ModelPool(offline=offline)
     console = Console()
     try:
         broken = preload(pool, specs, console)

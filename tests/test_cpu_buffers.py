@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from moa_tui.backends.base import CancelToken, InstallNotice, Message
+from moa_tui.backends.base import CancelToken, ChatModel, InstallNotice, Message
 from moa_tui.backends.cpu_buffers import AMX_NOTICE, choose_buffers, cpu_features, llama_system_info
 from moa_tui.backends.llama import LlamaChatModel
 from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
@@ -128,15 +128,12 @@ def test_an_installation_notice_is_shown_once_per_installation_not_per_run(write
                                                                           monkeypatch):
     """The AMX (and GPU) notice: the first session says it; a later `moa ask` on the same build does not."""
     monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "own-cache"))  # what this test remembers is its own
-    from moa_tui.backends.pool import LocalModelPool
+    from moa_tui.backends.pool import ModelPool
     from moa_tui.events import ModelRef, Notice
 
-    class Quiet:
+    class Quiet(ChatModel):
         model_id, n_ctx = "a", 512
         notices = [AMX_NOTICE, "this model has no chat template; using chatml"]
-
-        def close(self) -> None:
-            pass
 
     config = write_config(f"""
         version: 1
@@ -149,7 +146,7 @@ def test_an_installation_notice_is_shown_once_per_installation_not_per_run(write
 
     def session() -> list[str]:
         events: list = []
-        pool = LocalModelPool(loader=lambda *_args: Quiet())
+        pool = ModelPool(loader=lambda *_args: Quiet())
         try:
             with pool.open(spec, ModelRef(0, 0, "a", "final"), events.append, CancelToken()):
                 pass

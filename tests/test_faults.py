@@ -27,7 +27,7 @@ import pytest
 
 from moa_tui.backends.base import CancelToken, ModelError
 from moa_tui.backends.llama import LlamaChatModel
-from moa_tui.backends.pool import LocalModelPool
+from moa_tui.backends.pool import ModelPool
 from moa_tui.backends.scripted import ScriptedModel, ScriptedProvider
 from moa_tui.cli import main
 from moa_tui.config import BUILTIN_DEFAULTS, HFSource, ModelSpec, load_config
@@ -165,7 +165,7 @@ def test_decode_failure_mid_stream_keeps_the_partial_text_and_the_shared_model_r
     """p0's decode fails after a few tokens; p1, agg and final use the same loaded model and still answer."""
     loader = FailingDecodes({"moa-p0": 5})
     config = make_config(four_models(smollm2_path, long="p0"))
-    pipeline = MoAPipeline(config, provider=LocalModelPool(loader=loader))
+    pipeline = MoAPipeline(config, provider=ModelPool(loader=loader))
     conversation = new_conversation("p")
     try:
         events = list(pipeline.run_turn(conversation, LONG_TASK))
@@ -187,7 +187,7 @@ def test_decode_failure_mid_stream_keeps_the_partial_text_and_the_shared_model_r
 def test_final_model_failing_mid_stream_saves_the_turn_with_what_there_is(make_config, smollm2_path):
     loader = FailingDecodes({"moa-final": 4})
     config = make_config(four_models(smollm2_path, long="final"))
-    pipeline = MoAPipeline(config, provider=LocalModelPool(loader=loader))
+    pipeline = MoAPipeline(config, provider=ModelPool(loader=loader))
     conversation = new_conversation("p")
     try:
         events = list(pipeline.run_turn(conversation, LONG_TASK))
@@ -212,7 +212,7 @@ def test_every_proposer_failing_differently_ends_the_turn_and_keeps_both_errors(
         [model_entry("p0", corrupt), model_entry("p1", smollm2_path, long=True)],
         [model_entry("final", smollm2_path)],
     ]))
-    pipeline = MoAPipeline(config, provider=LocalModelPool(loader=loader))
+    pipeline = MoAPipeline(config, provider=ModelPool(loader=loader))
     conversation = new_conversation("p")
     try:
         events = list(pipeline.run_turn(conversation, LONG_TASK))

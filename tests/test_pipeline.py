@@ -11,7 +11,7 @@ import pytest
 
 from moa_tui.backends.base import CancelToken
 from moa_tui.backends.llama import LlamaChatModel
-from moa_tui.backends.pool import LocalModelPool
+from moa_tui.backends.pool import ModelPool
 from moa_tui.events import (
     LayerFinished,
     ModelFailed,
@@ -106,7 +106,7 @@ def test_tiny_pipeline_full_turn_real_models():
 def test_model_file_loaded_once_and_second_turn_sees_first(smol_config):
     """One GGUF used by four roles loads once; turn 2's prompts carry turn 1; the KV cache is reused."""
     loader = RecordingLoader()
-    pipeline = MoAPipeline(smol_config(), provider=LocalModelPool(loader=loader))
+    pipeline = MoAPipeline(smol_config(), provider=ModelPool(loader=loader))
     conversation = new_conversation("smol")
     try:
         first = run(pipeline, conversation, "Name a color of the sky.")

@@ -17,7 +17,7 @@ import pytest
 
 from moa_tui.backends.base import CancelToken
 from moa_tui.backends.llama import LlamaChatModel
-from moa_tui.backends.pool import LocalModelPool
+from moa_tui.backends.pool import ModelPool
 from moa_tui.config import ModelSettings, load_config
 from moa_tui.events import ModelRef, Notice, TurnFinished
 from moa_tui.pipeline import MoAPipeline
@@ -376,7 +376,7 @@ def test_swapped_models_are_closed_after_their_layer_and_reloaded_next_turn(writ
     question = "What is the capital of France?"
     resident_config = swap_config(write_config, smollm2_path)
     resident_loader = CountingLoader()
-    resident = MoAPipeline(resident_config, provider=LocalModelPool(loader=resident_loader), save=False)
+    resident = MoAPipeline(resident_config, provider=ModelPool(loader=resident_loader), save=False)
     try:
         expected = list(resident.run_turn(new_conversation("swap"), question))[-1]
         assert resident.provider.current_plan().all_resident
@@ -386,7 +386,7 @@ def test_swapped_models_are_closed_after_their_layer_and_reloaded_next_turn(writ
 
     config = swap_config(write_config, smollm2_path, ram_gb=tight_ram_gb(smollm2_path))
     loader = CountingLoader()
-    pool = LocalModelPool(loader=loader)
+    pool = ModelPool(loader=loader)
     pipeline = MoAPipeline(config, provider=pool, save=False)
     conversation = new_conversation("swap")
     try:
@@ -412,7 +412,7 @@ def test_release_waits_for_a_running_generation(write_config, smollm2_path):
     """layer_done() while another thread generates with the model: it waits, then closes it; no crash."""
     config = swap_config(write_config, smollm2_path, ram_gb=tight_ram_gb(smollm2_path))
     loader = CountingLoader()
-    pool = LocalModelPool(loader=loader)
+    pool = ModelPool(loader=loader)
     pool.prepare(config.pipeline(None), config.memory)
     spec = config.pipeline(None).layers[0].models[0]
     spec.settings = dataclasses.replace(spec.settings, max_tokens=48)
@@ -469,7 +469,7 @@ def test_parallel_layer_splits_the_cores_without_reloading(write_config, smollm2
     extra = f'- {{id: c, source: {{path: "{smollm2_path}"}}, n_ctx: 1024}}'
     config = swap_config(write_config, smollm2_path, parallel=True, extra=extra)
     loader = CountingLoader(first_layer_together=threading.Barrier(2))  # so neither finishes first
-    pool = LocalModelPool(loader=loader)
+    pool = ModelPool(loader=loader)
     pipeline = MoAPipeline(config, provider=pool, save=False)
     try:
         events = list(pipeline.run_turn(new_conversation("swap"), "Hi!"))
@@ -583,7 +583,7 @@ def test_models_still_answering_take_the_cores_of_those_done_and_give_them_back(
               - {{id: final, source: {{path: "{smollm2_path}"}}, n_ctx: 2048}}
     """
     config = write_config(yaml)
-    pool = LocalModelPool(loader=ThreadAsks, budget=Budget(ram=None, vram=None, gpu_offload=False, cpu_count=6))
+    pool = ModelPool(loader=ThreadAsks, budget=Budget(ram=None, vram=None, gpu_offload=False, cpu_count=6))
     pipeline = config.pipeline(None)
     pool.prepare(pipeline, config.memory)
     specs = pipeline.layers[0].models
@@ -661,7 +661,7 @@ def test_a_real_model_takes_the_cores_of_a_finished_neighbour_between_two_tokens
         model.chat = chat
         return model
 
-    pipeline = MoAPipeline(config, provider=LocalModelPool(loader=loader), save=False)
+    pipeline = MoAPipeline(config, provider=ModelPool(loader=loader), save=False)
     try:
         finished = list(pipeline.run_turn(new_conversation("p"), "Count from one to twenty."))[-1]
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from moa_tui.backends.llama import LlamaChatModel
-from moa_tui.backends.pool import LocalModelPool
+from moa_tui.backends.pool import ModelPool
 from moa_tui.config import load_config
 from moa_tui.events import ModelFinished, ModelStarted, TurnFinished, TurnStarted
 from moa_tui.pipeline import MoAPipeline
@@ -24,7 +24,7 @@ def test_shipped_self_moa_pipeline_samples_one_loaded_model():
     config = load_config(SHIPPED_CONFIG)
     for spec in config.pipeline("self-moa").all_models():
         spec.settings = dataclasses.replace(spec.settings, max_tokens=40)
-    pipeline = MoAPipeline(config, "self-moa", provider=LocalModelPool(loader=loader), save=False)
+    pipeline = MoAPipeline(config, "self-moa", provider=ModelPool(loader=loader), save=False)
     try:
         events = list(pipeline.run_turn(new_conversation("self-moa"), "Name three uses of a paperclip."))
     finally:

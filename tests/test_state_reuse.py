@@ -14,7 +14,7 @@ import pytest
 
 from moa_tui.backends.base import CancelToken, Message
 from moa_tui.backends.llama import KVSnapshot, LlamaChatModel, SessionStates, common_prefix
-from moa_tui.backends.pool import LocalModelPool
+from moa_tui.backends.pool import ModelPool
 from moa_tui.backends.scripted import ScriptedProvider
 from moa_tui.config import ModelSettings
 from moa_tui.events import ModelFinished
@@ -200,7 +200,7 @@ def run_conversation(config, max_states: int) -> tuple[list[dict[str, tuple]], l
         loads.append(1)
         return LlamaChatModel(model_id, path, model_settings, max_states=max_states)
 
-    pipeline = MoAPipeline(config, provider=LocalModelPool(loader=loader), save=False)
+    pipeline = MoAPipeline(config, provider=ModelPool(loader=loader), save=False)
     conversation = new_conversation("two")
     turns = []
     try:

@@ -42,8 +42,7 @@ from textual.timer import Timer
 from textual.widgets import Header
 from textual.worker import Worker, get_current_worker
 
-from ..backends.base import CancelToken
-from ..backends.pool import ModelProvider
+from ..backends.base import CancelToken, ModelProvider
 from ..config import Config, ModelSpec
 from ..events import (
     DownloadProgress,
@@ -765,13 +764,10 @@ class MoAApp(App[int]):
         """F2: the memory plan the model pool follows for this pipeline (or one made now, in a thread)."""
         from .screens.plan import PlanScreen
 
-        current_plan = getattr(self.pipeline.provider, "current_plan", None)  # only the local pool plans
-        plan = None
-        if current_plan is not None:
-            try:
-                plan = current_plan()
-            except Exception:  # noqa: BLE001 - advice only: the screen makes its own and says why not
-                plan = None
+        try:
+            plan = self.pipeline.provider.current_plan()  # None when the provider makes no plan
+        except Exception:  # noqa: BLE001 - advice only: the screen makes its own and says why not
+            plan = None
         self.push_screen(PlanScreen(self.config, self.pipeline.pipeline, plan=plan))
 
     def action_toggle_history(self) -> None:

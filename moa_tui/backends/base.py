@@ -1,14 +1,19 @@
-"""What every way of running a model offers the pipeline: chat with streaming and cancellation."""
+"""The provider contract: what every way of running a model offers the pipeline, and what it is told."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..config import ModelSettings
-from ..events import GenerationStats
+from ..config import MemoryBudget, ModelSettings, ModelSpec, Pipeline
+from ..events import GenerationStats, ModelRef
+
+if TYPE_CHECKING:
+    from ..events import Event
+    from ..planner import Plan
 
 
 class CancelToken:
@@ -59,8 +64,12 @@ class Message:
 TokenCallback = Callable[[str], None]
 
 
-class ChatModel(Protocol):
-    """A loaded model. Calls on one instance are serialized by the caller (one thread at a time)."""
+class ChatModel:
+    """A loaded model, as the pipeline uses it. Calls on one instance are serialized by the caller.
+
+    Subclasses implement `count_tokens` and `chat`; the hooks below are real no-ops for models that
+    have nothing to do there (a remote server owns its own threads and memory).
+    """
 
     model_id: str
     n_ctx: int
@@ -68,7 +77,7 @@ class ChatModel(Protocol):
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Tokens the formatted prompt of `messages` takes (for fitting into n_ctx)."""
-        ...
+        raise NotImplementedError
 
     def chat(
         self,
@@ -86,16 +95,58 @@ class ChatModel(Protocol):
         cache) keeps it per session so each role continues from its own prompt prefix. Backends
         without such state accept and ignore it.
         """
-        ...
+        raise NotImplementedError
 
-    def close(self) -> None: ...
+    def set_threads(self, n_threads: int) -> None:
+        """Use `n_threads` CPU threads from the next answer on (only while no answer runs)."""
+
+    def request_threads(self, n_threads: int) -> None:
+        """Ask, from any thread, for `n_threads` CPU threads; a running answer switches between two tokens."""
+
+    def close(self) -> None:
+        """Free what the model holds. The caller guarantees no thread still uses it."""
+
+
+Emit = Callable[["Event"], None]
 
 
 @dataclass
-class LoadRequest:
-    """Everything a provider needs to hand back a ready ChatModel."""
+class ModelFileInfo:
+    """Where a model's file is (None for a remote one), its size, and its source for people."""
 
-    model_id: str
-    path: str
-    settings: ModelSettings
-    notices: list[str] = field(default_factory=list)
+    path: str | None
+    size: int | None
+    source: str
+
+
+class ModelProvider:
+    """Hands the pipeline ready models. The pipeline calls every hook; the defaults do nothing.
+
+    Subclasses implement `open`, `file_info` and `missing_models`; a provider that plans memory or
+    loads models per layer (the pool) also uses `prepare`, `layer_done` and `current_plan`.
+    """
+
+    def open(self, spec: ModelSpec, ref: ModelRef, emit: Emit,
+             cancel: CancelToken) -> contextlib.AbstractContextManager[ChatModel]:
+        """Resolve (maybe download), load once, and hold the model for the caller's use."""
+        raise NotImplementedError
+
+    def file_info(self, spec: ModelSpec) -> ModelFileInfo:
+        raise NotImplementedError
+
+    def missing_models(self, specs: list[ModelSpec]) -> list[str]:
+        """Descriptions of models that need the network to be fetched (nothing is downloaded)."""
+        raise NotImplementedError
+
+    def prepare(self, pipeline: Pipeline, memory: MemoryBudget) -> None:
+        """From now on turns run `pipeline` within `memory` (a plan may be made lazily)."""
+
+    def current_plan(self) -> Plan | None:
+        """The memory plan followed now, if this provider makes one."""
+        return None
+
+    def layer_done(self, layer: int) -> None:
+        """Layer `layer` of the turn is over (every model of it returned): release what it loaded for itself."""
+
+    def close(self) -> None:
+        """Release every model."""

@@ -31,6 +31,7 @@ from ..events import GenerationStats
 from ..planner import SAVED_STATE_BYTES_MAX, SAVED_STATES_MAX
 from .base import (
     CancelToken,
+    ChatModel,
     ChatResult,
     InstallNotice,
     Message,
@@ -291,7 +292,7 @@ def common_prefix(cached: Any, tokens: Any) -> int:
     return int(diff[0]) if diff.size else n
 
 
-class LlamaChatModel:
+class LlamaChatModel(ChatModel):
     """One loaded GGUF. Not thread-safe: callers serialize use (the pool holds a lock per model).
 
     `chat(..., session=KEY)` names the role a call is for. When a call's session differs from the

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from ..config import EndpointSource, ModelSettings, ModelSpec
 from ..events import GenerationStats
-from .base import CancelToken, ChatResult, Message, ModelError, TokenCallback
+from .base import CancelToken, ChatModel, ChatResult, Message, ModelError, TokenCallback
 
 log = logging.getLogger("moa_tui.remote")
 
@@ -116,7 +116,7 @@ class _Stream:
         return "".join(self.parts)
 
 
-class RemoteChatModel:
+class RemoteChatModel(ChatModel):
     """A model served over an OpenAI-compatible HTTP API; implements the ChatModel protocol.
 
     Holds no connection between calls (one per answer), so it is cheap to keep in the pool and

@@ -18,47 +18,18 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ..config import EndpointSource, MemoryBudget, ModelSettings, ModelSpec, Pipeline
-from ..events import DownloadProgress, Event, ModelLoading, ModelRef, Notice
-from ..planner import LOAD_KEYS, load_settings
-from .base import CancelToken, ChatModel, InstallNotice, ModelError
+from ..events import DownloadProgress, ModelLoading, ModelRef, Notice
+from ..planner import load_settings
+from .base import CancelToken, ChatModel, Emit, InstallNotice, ModelError, ModelFileInfo, ModelProvider
 
 if TYPE_CHECKING:
     from ..planner import Budget, ModelPlan, Plan
 
-Emit = Callable[[Event], None]
 log = logging.getLogger(__name__)
 
-__all__ = ["LOAD_KEYS", "Emit", "LocalModelPool", "ModelFileInfo", "ModelProvider", "load_key", "set_threads"]
-
-
-@dataclass
-class ModelFileInfo:
-    path: str | None
-    size: int | None
-    source: str
-
-
-class ModelProvider(Protocol):
-    def open(
-        self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken
-    ) -> contextlib.AbstractContextManager[ChatModel]:
-        """Resolve (maybe download), load once, and hold the model for the caller's use."""
-        ...
-
-    def file_info(self, spec: ModelSpec) -> ModelFileInfo: ...
-
-    def missing_models(self, specs: list[ModelSpec]) -> list[str]:
-        """Descriptions of models that are not on disk (nothing is downloaded)."""
-        ...
-
-    def layer_done(self, layer: int) -> None:
-        """Layer `layer` of the turn is over (every model of it returned): release what it loaded for itself."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -93,21 +64,10 @@ def load_key(path: str, settings: ModelSettings) -> tuple:
     return (path, *load_settings(settings))
 
 
-def set_threads(model: ChatModel, n_threads: int) -> bool:
-    """Give a loaded model `n_threads` CPU threads from its next decode on, without reloading it.
-
-    Only models that run on local cores offer `set_threads` (LlamaChatModel: `llama_set_n_threads`,
-    since Llama(n_threads=...) only sets the first value); for the others this does nothing.
-    """
-    setter = getattr(model, "set_threads", None)
-    if not callable(setter):
-        return False
-    setter(n_threads)
-    return True
-
-
-class LocalModelPool:
-    """Loads GGUF files with llama.cpp, resolving sources through models.py, following the memory plan."""
+class ModelPool(ModelProvider):
+    """The provider moa runs on: GGUF files loaded once per session with llama.cpp (sources resolved
+    through models/, the memory plan followed), and OpenAI-compatible endpoints (backends/openai_http.py),
+    opened per use."""
 
     def __init__(
         self,
@@ -351,7 +311,7 @@ class LocalModelPool:
             if shares:
                 self._share_cores(ref.layer, entry, threads)
             elif threads:
-                set_threads(entry.model, threads)
+                entry.model.set_threads(threads)
             yield entry.model
         finally:
             if shares:
@@ -394,11 +354,9 @@ class LocalModelPool:
                     asks.append((share.entry.model, target))
         for model, threads in asks:
             if model is entry.model and planned is not None:
-                set_threads(model, threads)  # ours: held by this thread, not answering yet
+                model.set_threads(threads)  # ours: held by this thread, not answering yet
                 continue
-            request = getattr(model, "request_threads", None)
-            if callable(request):
-                request(threads)
+            model.request_threads(threads)
 
     def _used(self, entry: _Entry, layer: int, decision: ModelPlan) -> None:
         """A swapped model finished one use in `layer`: release it after the last one."""

@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 
 from ..config import ModelSettings, ModelSpec
 from ..events import DownloadProgress, GenerationStats, ModelLoading, ModelRef, Notice
-from .base import CancelToken, ChatResult, Message, ModelError, TokenCallback
-from .pool import Emit, ModelFileInfo
+from .base import (
+    CancelToken,
+    ChatModel,
+    ChatResult,
+    Emit,
+    Message,
+    ModelError,
+    ModelFileInfo,
+    ModelProvider,
+    TokenCallback,
+)
 
 
 def split_tokens(text: str) -> list[str]:
@@ -38,7 +47,7 @@ class ScriptedModel:
     notices: list[str] = field(default_factory=list)
 
 
-class _RunningScript:
+class _RunningScript(ChatModel):
     def __init__(self, model_id: str, script: ScriptedModel, n_ctx: int) -> None:
         self.model_id = model_id
         self.script = script
@@ -105,7 +114,7 @@ class _RunningScript:
         pass
 
 
-class ScriptedProvider:
+class ScriptedProvider(ModelProvider):
     """A ModelProvider whose models follow scripts, keyed by model id (missing ids echo a default)."""
 
     def __init__(self, scripts: dict[str, ScriptedModel] | None = None, *, missing: list[str] | None = None):

@@ -17,7 +17,7 @@ from ..text import literal_content
 class PlanScreen(ModalScreen[None]):
     """The plan as a table; Esc, F2 or q closes it.
 
-    Give it the plan the model pool follows when there is one (`LocalModelPool.current_plan()`): a
+    Give it the plan the model pool follows when there is one (`ModelPool.current_plan()`): a
     plan made now would count the models already loaded as used memory. Without one, the plan is made
     in a thread (it reads the GGUF headers on disk).
     """

@@ -58,7 +58,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
 
         def pair(question: str, role_first: bool = True):
             ours = run_turn(pipeline, new_conversation("tiny"), question, recorder)
-            assert ours.status == "done", f"moa turn {ours.status}: {ours.failures}"
+            assert ours.status == "done", f"moa turn {ours.status}: {ours.failures()}"
             assert all(c.label for c in ours.calls), "calls could not be matched to panes"
             if not role_first:
                 file = [in_thread(replay_call, per_file[c.path], c) for c in ours.calls]

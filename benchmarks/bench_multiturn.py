@@ -121,7 +121,7 @@ def converse(config, questions: list[str]) -> list:
         turns = [run_turn(pipeline, conversation, question, recorder) for question in questions]
     finally:
         pipeline.close()
-    assert all(t.status == "done" for t in turns), [t.failures for t in turns]
+    assert all(t.status == "done" for t in turns), [t.failures() for t in turns]
     return turns
 
 

@@ -60,9 +60,9 @@ def run(quick: bool = False, runs: int = 3) -> dict:
         finally:
             pipeline.close()
         total = time.perf_counter() - start
-        assert all(r.status == "done" for r in results), [r.failures for r in results]
-        return (total, [r.wall for r in results], [r.calls for r in results], sum(r.prompt_s for r in results),
-                sum(r.decode_s for r in results))
+        assert all(r.status == "done" for r in results), [r.failures() for r in results]
+        return (total, [r.wall for r in results], [r.calls for r in results], sum(r.prompt_seconds for r in results),
+                sum(r.decode_seconds for r in results))
 
     def original_call(call):
         start = time.perf_counter()

@@ -48,7 +48,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
             order = list(modes) if r % 2 == 0 else list(modes)[::-1]
             for name in order:
                 turn = run_turn(pipelines[name], new_conversation("tiny"), QUESTIONS[r])
-                assert turn.status == "done", turn.failures
+                assert turn.status == "done", turn.failures()
                 walls[name].append(turn.wall)
                 layer1[name].append(turn.layer_done[0])
                 tokens[name].append(turn.generated)

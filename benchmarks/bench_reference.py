@@ -76,9 +76,9 @@ def run(quick: bool = False, runs: int = 3) -> dict:
             results = [run_turn(pipeline, conversation, QUESTIONS[t]) for t in range(turns)]
         finally:
             pipeline.close()
-        assert all(r.status == "done" for r in results), [r.failures for r in results]
+        assert all(r.status == "done" for r in results), [r.failures() for r in results]
         return ([r.wall for r in results], [{m: s.generated_tokens for m, s in r.stats.items()} for r in results],
-                sum(r.prompt_s for r in results), sum(r.decode_s for r in results))
+                sum(r.prompt_seconds for r in results), sum(r.decode_seconds for r in results))
 
     with contextlib.ExitStack() as stack:
         servers: dict[str, LlamaServer] = {}

@@ -104,10 +104,10 @@ class Headless:
         self.conversation = new_conversation("tiny")
 
     def turn(self, question: str) -> tuple[object, float]:
-        from moa_tui.cli import _AskPrinter
+        from moa_tui.commands.ask import AskPrinter
 
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(io.StringIO()):
-            printer = _AskPrinter(show_layers=False, json_mode=False, parallel=self.pipeline.pipeline.parallel)
+            printer = AskPrinter(show_layers=False, json_mode=False, parallel=self.pipeline.pipeline.parallel)
             started = time.perf_counter()
             for event in self.pipeline.run_turn(self.conversation, question):
                 printer.handle(event)

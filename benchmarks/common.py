@@ -22,9 +22,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from moa_tui.headless import TurnResult
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -293,62 +295,28 @@ def recording_pipeline(config, pipeline: str = "tiny", recorder: Recorder | None
 
 def preload(pipeline) -> None:
     """Load every model of the pipeline now (untimed), without evaluating any prompt."""
-    from moa_tui.backends.base import CancelToken
+    from moa_tui.headless import preload as load_all
 
-    cancel = CancelToken()
-    for layer in pipeline.refs():
-        for ref in layer:
-            spec = pipeline.pipeline.layers[ref.layer].models[ref.index]
-            with pipeline.provider.open(spec, ref, lambda _event: None, cancel):
-                pass
+    failed = load_all(pipeline.provider, pipeline.pipeline.all_models())
+    assert not failed, failed
 
 
 @dataclass
-class TurnResult:
-    wall: float
-    status: str
-    stats: dict  # pane (model id) -> GenerationStats
-    layer_done: dict  # layer index -> seconds from the turn's start
-    calls: list[Call]
-    failures: list[str]
-    reply: str = ""
+class RecordedTurn(TurnResult):
+    """A headless turn (moa_tui.headless) and the model calls the recorder saw during it."""
 
-    @property
-    def generated(self) -> int:
-        return sum(s.generated_tokens for s in self.stats.values())
-
-    @property
-    def prompt_s(self) -> float:
-        """Seconds the models spent before their first token (evaluating prompts)."""
-        return sum(s.time_to_first_token or 0.0 for s in self.stats.values())
-
-    @property
-    def decode_s(self) -> float:
-        """Seconds the models spent generating, after their first token."""
-        return sum(s.wall_time - (s.time_to_first_token or 0.0) for s in self.stats.values())
+    calls: list[Call] = field(default_factory=list)
 
 
-def run_turn(pipeline, conversation, question: str, recorder: Recorder | None = None) -> TurnResult:
-    """One turn, every event consumed (as `moa ask` does, minus printing); timed from call to end."""
-    from moa_tui.events import LayerFinished, ModelFailed, ModelFinished, TurnFinished
+def run_turn(pipeline, conversation, question: str, recorder: Recorder | None = None) -> RecordedTurn:
+    """One turn through moa's own headless runner, every event consumed, timed from call to end."""
+    from moa_tui.headless import run_turn as run_headless
 
     if recorder is not None:
         recorder.take()
-    stats, layer_done, failures = {}, {}, []
-    status, reply = "?", ""
-    t0 = time.perf_counter()
-    for event in pipeline.run_turn(conversation, question):
-        if isinstance(event, ModelFinished):
-            stats[event.ref.model_id] = event.stats
-        elif isinstance(event, ModelFailed):
-            failures.append(event.error)
-        elif isinstance(event, LayerFinished):
-            layer_done[event.layer] = time.perf_counter() - t0
-        elif isinstance(event, TurnFinished):
-            status, reply = event.status, event.reply
-    wall = time.perf_counter() - t0
+    result = run_headless(pipeline, conversation, question)
     calls = recorder.take() if recorder is not None else []
-    return TurnResult(wall, status, stats, layer_done, calls, failures, reply)
+    return RecordedTurn(**{f.name: getattr(result, f.name) for f in fields(TurnResult)}, calls=calls)
 
 
 # -- raw llama-cpp-python -------------------------------------------------------------------------

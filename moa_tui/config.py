@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import yaml
 
 from .paths import CONFIG_ENV, config_dir, config_from_env
+from .text import one_line
 
 CONFIG_VERSION = 1
 CONFIG_NAME = "models.yaml"
@@ -141,6 +142,11 @@ class Pipeline:
         return [m for layer in self.layers for m in layer.models]
 
 
+def solo_pipeline(spec: ModelSpec, name: str | None = None) -> Pipeline:
+    """One model alone: one layer, so it gets the proposer prompt and its reply is final."""
+    return Pipeline(name or f"({spec.id})", [Layer([spec], name="alone")], description=f"{spec.id} alone")
+
+
 @dataclass
 class Prompts:
     proposer: str
@@ -190,6 +196,10 @@ class Config:
     prompts: Prompts
     pipelines: dict[str, Pipeline] = field(default_factory=dict)
     memory: MemoryBudget = field(default_factory=MemoryBudget)
+
+    def with_pipelines(self, extra: dict[str, Pipeline]) -> Config:
+        """A copy that also knows the given ad-hoc pipelines (the file is not touched)."""
+        return replace(self, pipelines={**self.pipelines, **extra})
 
     def pipeline(self, name: str | None) -> Pipeline:
         """The named pipeline (default_pipeline when None); ConfigError lists the known names."""
@@ -282,19 +292,15 @@ def _read_yaml(path: Path) -> Any:
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {_one_line(str(exc))}") from None
+        raise ConfigError(f"{path}: invalid YAML: {one_line(str(exc))}") from None
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     mark = exc.problem_mark or exc.context_mark
-    problem = _one_line(exc.problem or exc.context or "invalid YAML")
+    problem = one_line(exc.problem or exc.context or "invalid YAML")
     if mark is None:
         return f"invalid YAML: {problem}"
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # -- validation helpers -------------------------------------------------------------------------

@@ -86,3 +86,49 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     for row in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+class StatusLine(ProgressLine):
+    """A redrawn stderr line saying what runs now ("question 3/40 · tiny"); a line every 5 s when piped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def show(self, text: str, done: int, total: int) -> None:
+        self.text = text
+        self.update("status", min(done, total - 1), total, 0.0)
+
+    def render(self, label: str, done: int, total: int | None, rate: float) -> str:
+        return self.text
+
+    def message(self, text: str) -> None:
+        """A line of its own, above the status line."""
+        if self._current is not None and self.tty:
+            self.stream.write("\r\x1b[K")
+            self._current = None
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class Console:
+    """What probe and eval print while they run: a status line, notices once each, download progress."""
+
+    def __init__(self) -> None:
+        self.status = StatusLine()
+        self.download = ProgressLine()
+        self._seen: set[str] = set()
+
+    def emit(self, event) -> None:
+        from .events import DownloadProgress, Notice
+
+        if isinstance(event, DownloadProgress):
+            name = event.ref.model_id if event.ref else "download"
+            self.download.update(f"{name}: {event.filename}", event.downloaded, event.total, event.rate)
+        elif isinstance(event, Notice) and event.message not in self._seen:
+            self._seen.add(event.message)
+            self.status.message(f"note: {event.message}")
+
+    def close(self) -> None:
+        self.download.close()
+        self.status.close()

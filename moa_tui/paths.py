@@ -27,6 +27,8 @@ HF_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's own: another hub (the tests
 HF_TIMEOUT_ENV = "HF_HUB_DOWNLOAD_TIMEOUT"  # huggingface_hub's own: seconds a read may stall
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 
+SHIPPED_DATA = Path(__file__).resolve().parent / "data"  # the eval dataset and probe prompts moa ships
+
 _TRUE_VALUES = ("1", "true", "yes", "on")
 
 

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, EndpointSource, Layer, MemoryBudget, ModelSettings, ModelSpec, Pipeline
+from .config import Config, EndpointSource, MemoryBudget, ModelSettings, Pipeline
 
 GB = 1_000_000_000  # sizes are decimal, like every size moa-tui shows
 MARGIN_FRACTION = 0.10
@@ -631,8 +631,3 @@ def build_plan(config: Config, pipeline: Pipeline | str | None = None, *, budget
     """The plan of a pipeline of `config` (default pipeline when None) from the files on disk."""
     chosen = pipeline if isinstance(pipeline, Pipeline) else config.pipeline(pipeline)
     return plan(chosen, model_sizes(chosen, paths), budget or detect_budget(config.memory))
-
-
-def solo_pipeline(spec: ModelSpec) -> Pipeline:
-    """A one-model pipeline, to plan a model the pool meets outside any prepared pipeline."""
-    return Pipeline(f"({spec.id})", [Layer([spec])])

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from . import paths
 from .events import GenerationStats
+from .text import one_line
 
 TRANSCRIPT_FORMAT = "moa-tui-transcript"
 TRANSCRIPT_VERSION = 1
@@ -147,12 +148,6 @@ def new_conversation(pipeline: str, config_path: str | None = None) -> Conversat
         conv_id = f"{stamp}-{secrets.token_hex(8)}"
     return Conversation(id=conv_id, created_at=now.isoformat(timespec="seconds"), pipeline=pipeline,
                         config_path=config_path)
-
-
-def one_line(text: str) -> str:
-    """Whitespace collapsed and control characters dropped: safe to print on a terminal line."""
-    collapsed = " ".join(text.split())
-    return "".join(ch for ch in collapsed if unicodedata.category(ch) != "Cc")
 
 
 def make_title(message: str, limit: int = TITLE_MAX) -> str:

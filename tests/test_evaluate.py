@@ -8,9 +8,10 @@ from collections import Counter
 
 import pytest
 
-from moa_tui import evaluate
+import moa_tui.headless
 from moa_tui.cli import main
-from moa_tui.evaluate import BUILTIN_DATASET, build_systems, load_dataset, parse_item
+from moa_tui.commands.eval import build_systems
+from moa_tui.eval_dataset import BUILTIN_DATASET, load_dataset, parse_item
 from moa_tui.scoring import (
     extract_number,
     normalize,
@@ -319,7 +320,7 @@ def test_eval_runs_pipeline_and_baselines_on_real_smollm2(write_config, smollm2_
         assert duo["tokens"] == sum(a["tokens"] for a in duo["answers"])
         assert [a["model"] for a in item["results"]["self-moa"]["answers"]] == ["s#1", "s#2", "final"]
         assert [a["model"] for a in item["results"]["a"]["answers"]] == ["a"]
-        expected = evaluate.parse_item(json.dumps({k: item[k] for k in ("question", "answer", "scoring")}))
+        expected = parse_item(json.dumps({k: item[k] for k in ("question", "answer", "scoring")}))
         assert duo["correct"] == expected.score(duo["reply"])
 
 
@@ -351,16 +352,16 @@ def test_failed_model_calls_count_as_wrong_and_are_reported(write_config, smollm
 @pytest.mark.real
 def test_ctrl_c_prints_partial_results_and_exits_130(write_config, smollm2_path, tmp_path, capsys, monkeypatch):
     config = _eval_config(write_config, smollm2_path)
-    real_run_turn = evaluate.run_turn
+    real_ask = moa_tui.headless.ask_fresh
     calls = []
 
     def interrupted_after_one(*args, **kwargs):
         calls.append(args[1])
         if len(calls) > 1:
             raise KeyboardInterrupt
-        return real_run_turn(*args, **kwargs)
+        return real_ask(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "run_turn", interrupted_after_one)
+    monkeypatch.setattr(moa_tui.headless, "ask_fresh", interrupted_after_one)
     out = tmp_path / "eval.json"
     code = main(["eval", "builtin", "--json", str(out), "--config", str(config.path)])
     captured = capsys.readouterr()

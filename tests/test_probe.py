@@ -8,16 +8,9 @@ import pytest
 
 from moa_tui.backends.scripted import ScriptedModel, ScriptedProvider
 from moa_tui.cli import main
+from moa_tui.commands.probe import PROBE_PROMPTS, ReplayProvider, aggregator_pipeline, find_models, read_prompts
 from moa_tui.config import load_config
-from moa_tui.probe import (
-    PROBE_PROMPTS,
-    ReplayProvider,
-    aggregator_pipeline,
-    config_with,
-    find_models,
-    read_prompts,
-    run_turn,
-)
+from moa_tui.headless import ask_fresh
 from moa_tui.prompts import REFERENCES_HEADER
 
 from .conftest import SHIPPED_CONFIG
@@ -92,8 +85,8 @@ def test_the_aggregator_gets_the_aggregator_prompt_and_the_replayed_references()
     spec = config.pipeline("tiny").layers[0].models[0]
     pipeline, texts = aggregator_pipeline("agg", spec, ["Answer {one}.", "Answer two."])
     scripted = ScriptedProvider({spec.id: ScriptedModel(text="merged")})
-    result = run_turn(config_with(config, {"agg": pipeline}), "agg", ReplayProvider(scripted, texts), "Question?",
-                      offline=True)
+    result = ask_fresh(config.with_pipelines({"agg": pipeline}), "agg", ReplayProvider(scripted, texts), "Question?",
+                       offline=True)
     assert result.answers[spec.id].text == "merged" and result.answers[spec.id].ref.role == "aggregator"
     (messages,) = scripted.models[spec.id].calls
     assert messages[0].content == config.prompts.aggregator

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from textual.content import Content
 
 from ..console import human_duration, human_size
+from ..text import one_line as shared_one_line
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
@@ -53,8 +54,8 @@ def markdown_parser() -> MarkdownIt:
 
 
 def one_line(text: str, limit: int = 200) -> str:
-    flat = " ".join(literal(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    """moa_tui.text.one_line, control characters shown as visible stand-ins rather than dropped."""
+    return shared_one_line(literal(text), limit)
 
 
 def rate(bytes_per_second: float) -> str:

@@ -161,7 +161,8 @@ class ModelPool(ModelProvider):
             return setting
         if decision is not None and decision.size is not None:
             return decision.n_gpu_layers
-        from ..planner import ModelSize, plan, solo_pipeline
+        from ..config import solo_pipeline
+        from ..planner import ModelSize, plan
 
         try:
             size = ModelSize.of_file(path, spec.settings)

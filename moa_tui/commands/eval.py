@@ -11,152 +11,46 @@ timing starts, so latencies are answer times, not load times.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ModelSpec
-from .console import table
-from .planner import LOAD_KEYS
-from .probe import (
-    DATA_FOLDER,
+from ..config import Config, ModelSpec, solo_pipeline
+from ..console import Console, table
+from ..eval_dataset import DatasetError, EvalItem, dataset_path, load_dataset
+from ..headless import TurnResult
+from ..planner import LOAD_KEYS
+from ..text import one_line
+from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_USAGE,
-    Console,
-    TurnResult,
-    config_with,
+    UsageError,
     err,
-    load_settings_key,
+    load_config,
     now_iso,
-    one_line,
-    preload,
-    run_turn,
-    solo_pipeline,
+    offline,
     write_json,
 )
-from .scoring import SCORINGS, normalize, parse_number, score_reply
 
-BUILTIN_DATASET = DATA_FOLDER / "eval.jsonl"
 EVAL_FORMAT = "moa-tui-eval"
 SELF_MOA = "self-moa"
-ITEM_KEYS = ("question", "answer", "scoring", "choices", "category", "id")
 
 
-class DatasetError(Exception):
-    """A dataset that cannot be used; str() is `FILE:LINE: what is wrong`."""
+@dataclass(frozen=True)
+class EvalOptions:
+    dataset: str  # a JSONL file, or "builtin"
+    config: str | None = None
+    pipeline: str | None = None
+    offline: bool = False
+    limit: int | None = None  # only the first N questions
+    json: str | None = None  # also write the results as JSON here
 
 
-@dataclass
-class EvalItem:
-    question: str
-    answer: str | int | float
-    scoring: str
-    choices: list[str] | None = None
-    category: str | None = None
-    id: str | None = None
-    line: int = 0
-
-    def score(self, reply: str) -> bool:
-        return score_reply(self.scoring, reply, self.answer, choices=self.choices, question=self.question)
-
-    def to_dict(self) -> dict:
-        out = {"question": self.question, "answer": self.answer, "scoring": self.scoring}
-        for key in ("choices", "category", "id"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
-
-
-# -- the dataset ----------------------------------------------------------------------------------
-
-
-def dataset_path(name: str) -> Path:
-    return BUILTIN_DATASET if name == "builtin" else Path(name).expanduser()
-
-
-def load_dataset(path: Path) -> list[EvalItem]:
-    """Every question of a JSONL file; DatasetError names the file and line of the first problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a folder, not a file") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    items = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(parse_item(line, number))
-        except ValueError as exc:
-            raise DatasetError(f"{path}:{number}: {exc}") from None
-    if not items:
-        raise DatasetError(f"{path}: no questions (one JSON object per line)")
-    return items
-
-
-def _text(data: dict, key: str, required: bool = True) -> str | None:
-    if key not in data:
-        if required:
-            raise ValueError(f"missing key {key!r}")
-        return None
-    value = data[key]
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{key!r} must be a non-empty string, got {json.dumps(value)}")
-    return value
-
-
-def parse_item(line: str, number: int = 0) -> EvalItem:
-    """One dataset line; ValueError(one line) when it is not a valid question."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object like {{\"question\": ..., \"answer\": ..., \"scoring\": ...}}, "
-                         f"got {type(data).__name__}")
-    for key in data:
-        if key not in ITEM_KEYS:
-            close = difflib.get_close_matches(str(key), ITEM_KEYS, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}?" if close else f"expected: {', '.join(ITEM_KEYS)}"
-            raise ValueError(f"unknown key {key!r} ({hint})")
-    question = _text(data, "question")
-    if "answer" not in data:
-        raise ValueError("missing key 'answer'")
-    answer = data["answer"]
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or \
-            (isinstance(answer, str) and not answer.strip()):
-        raise ValueError(f"'answer' must be a non-empty string or a number, got {json.dumps(answer)}")
-    scoring = _text(data, "scoring")
-    if scoring not in SCORINGS:
-        close = difflib.get_close_matches(scoring, SCORINGS, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(SCORINGS)}"
-        raise ValueError(f"unknown scoring {scoring!r} ({hint})")
-    choices = data.get("choices")
-    if scoring == "choice":
-        if choices is None:
-            raise ValueError("scoring 'choice' needs a 'choices' list")
-        if not isinstance(choices, list) or len(choices) < 2 or \
-                not all(isinstance(c, str) and c.strip() for c in choices):
-            raise ValueError(f"'choices' must be a list of at least two non-empty strings, got {json.dumps(choices)}")
-        if len({normalize(c) for c in choices}) != len(choices):
-            raise ValueError("'choices' has the same choice twice")
-        if normalize(str(answer)) not in {normalize(c) for c in choices}:
-            raise ValueError(f"'answer' {json.dumps(answer)} is not one of the choices")
-    elif choices is not None:
-        raise ValueError(f"'choices' is only used with scoring 'choice' (this line has {scoring!r})")
-    if scoring == "number" and parse_number(answer) is None:
-        raise ValueError(f"scoring 'number' needs a number as the answer, got {json.dumps(answer)}")
-    return EvalItem(question, answer, scoring, choices, _text(data, "category", False), _text(data, "id", False),
-                    number)
+def load_settings_key(spec: ModelSpec) -> tuple:
+    """What makes two specs the same model to compare: source and every setting but the seed."""
+    settings = {k: v for k, v in spec.settings.to_dict().items() if k != "seed"}
+    return (spec.source.describe(), tuple(sorted((k, str(v)) for k, v in settings.items())))
 
 
 # -- the systems ----------------------------------------------------------------------------------
@@ -209,11 +103,11 @@ def build_systems(config: Config, pipeline_name: str | None) -> tuple[Config, li
                 continue
             alone = dataclasses.replace(spec, id=spec.base_id, sample_of=None, sample_index=0)
             name = f"alone:{spec.base_id}"
-            extra[name] = solo_pipeline(name, alone)
+            extra[name] = solo_pipeline(alone, name)
             shown = spec.base_id if spec.base_id not in (s.name for s in systems) else f"{spec.base_id} (alone)"
             by_key[key] = System(shown, "model", name, [alone.id])
             systems.append(by_key[key])
-    run_config = config_with(config, extra)
+    run_config = config.with_pipelines(extra)
     specs: list[ModelSpec] = []  # one per model load (file + load settings), to load before timing
     loaded: set[tuple] = set()
     for system in systems:
@@ -239,7 +133,7 @@ def _result(item: EvalItem, index: int, turn: TurnResult) -> dict:
     correct = turn.status == "done" and item.score(turn.reply)
     return {
         "index": index, "status": turn.status, "correct": bool(correct), "reply": turn.reply,
-        "error": turn.error, "latency_s": round(turn.latency, 3),
+        "error": turn.error, "latency_s": round(turn.wall, 3),
         "tokens": sum(a["tokens"] for a in answers), "failed_models": turn.failures(), "answers": answers,
     }
 
@@ -278,40 +172,41 @@ def breakdown_table(systems: list[System], items: list[EvalItem]) -> str | None:
     return table(rows, [f"by {attr}", *groups])
 
 
-def run_eval(args, config: Config) -> int:
-    from .backends.pool import ModelPool
-    from .models import offline_mode
+def run(options: EvalOptions) -> int:
+    from ..backends.pool import ModelPool
+    from ..headless import preload
 
-    limit = getattr(args, "limit", None)
+    limit = options.limit
     if limit is not None and limit < 1:
-        err(f"error: eval: --limit must be at least 1, got {limit}")
-        return EXIT_USAGE
-    path = dataset_path(args.dataset)
+        raise UsageError(f"eval: --limit must be at least 1, got {limit}")
+    config, _ = load_config(options.config)
+    path = dataset_path(options.dataset)
     try:
         items = load_dataset(path)
     except DatasetError as exc:
-        err(f"error: {exc}")
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from exc
     if limit is not None:
         items = items[:limit]
-    out = Path(args.json).expanduser() if getattr(args, "json", None) else None
-    offline = offline_mode(getattr(args, "offline", False))
-    run_config, systems, specs = build_systems(config, getattr(args, "pipeline", None))
+    out = Path(options.json).expanduser() if options.json else None
+    is_offline = offline(options.offline)
+    run_config, systems, specs = build_systems(config, options.pipeline)
     report = {
         "format": EVAL_FORMAT, "version": 1, "started_at": now_iso(), "config": str(config.path),
         "dataset": str(path), "pipeline": systems[0].name, "questions": len(items), "interrupted": False,
     }
-    pool = ModelPool(offline=offline)
+    pool = ModelPool(offline=is_offline)
     console = Console()
     status = EXIT_OK
     try:
-        broken = preload(pool, specs, console)
+        broken = preload(pool, specs, on_event=console.emit, on_model=lambda spec, i, n: console.status.show(
+            f"loading {spec.id} ({i + 1}/{n})", i, n))
+        console.status.close()
         if broken:
             for error in broken.values():
                 err(f"error: {error}")
             err("eval: cannot run with a model that does not load (offline? try 'moa pull --pipeline NAME')")
             return EXIT_FAILED
-        _run_all(items, systems, run_config, pool, console, offline)
+        _run_all(items, systems, run_config, pool, console, is_offline)
     except KeyboardInterrupt:
         report["interrupted"] = True
         status = EXIT_INTERRUPTED
@@ -354,9 +249,11 @@ def run_eval(args, config: Config) -> int:
 
 
 def _run_all(items, systems, run_config, pool, console, offline) -> None:
+    from ..headless import ask_fresh
+
     for i, item in enumerate(items):
         for system in systems:
             console.status.show(f"question {i + 1}/{len(items)} · {system.name}", i, len(items))
-            turn = run_turn(run_config, system.key, pool, item.question, offline=offline, console=console)
+            turn = ask_fresh(run_config, system.key, pool, item.question, offline=offline, on_event=console.emit)
             system.results.append(_result(item, i, turn))
     console.status.close()

@@ -7,210 +7,41 @@ answer) under the aggregator prompt a middle layer of a pipeline gets. Every cal
 same engine as a chat turn (MoAPipeline over one shared model pool), so prompts, settings and
 context fitting are exactly what a pipeline would do; the reference answers are replayed by a
 stand-in provider instead of being generated again.
-
-The run helpers here (one-model pipelines, preloading, a headless turn) are shared with evaluate.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
-import json
-import os
 import statistics
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from .backends.base import CancelToken, ChatModel, ChatResult, Emit, Message, ModelError, ModelFileInfo, ModelProvider
-from .config import Config, Layer, ModelSettings, ModelSpec, Pipeline
-from .console import ProgressLine, table
-from .events import DownloadProgress, GenerationStats, ModelFailed, ModelFinished, ModelRef, Notice, TurnFinished
-from .paths import data_dir
+from ..backends.base import CancelToken, ChatModel, ChatResult, Emit, Message, ModelFileInfo, ModelProvider
+from ..config import Config, Layer, ModelSettings, ModelSpec, Pipeline, solo_pipeline
+from ..console import Console, table
+from ..events import GenerationStats, ModelFailed, ModelFinished, ModelRef
+from ..paths import SHIPPED_DATA, data_dir
+from ..text import one_line
+from .common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    UsageError,
+    err,
+    load_config,
+    now_iso,
+    offline,
+    stamped_path,
+    write_json,
+)
 
-DATA_FOLDER = Path(__file__).resolve().parent / "data"
-PROBE_PROMPTS = DATA_FOLDER / "probe_prompts.txt"
+PROBE_PROMPTS = SHIPPED_DATA / "probe_prompts.txt"
 PROBE_FORMAT = "moa-tui-probe"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Ids with '#' can never clash with a models.yaml id (config.py keeps '#' for samples).
 REFERENCE_ID = "reference#{}"
 END_ID = "end#probe"
-
-
-class ProbeUsageError(Exception):
-    """Wrong model ids or files on the command line: the command prints it and exits 2.
-
-    (Not cli.UsageError: under `python -m moa_tui.cli` that class lives in `__main__`, a second copy.)
-    """
-
-
-def _usage(message: str) -> Exception:
-    return ProbeUsageError(message)
-
-
-def err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def one_line(text: str, limit: int) -> str:
-    from .transcript import one_line as flat
-
-    line = flat(text)
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def write_json(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def stamped_path(folder: Path) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = folder / f"{stamp}.json", 2
-    while path.exists():
-        path, n = folder / f"{stamp}-{n}.json", n + 1
-    return path
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# -- running models through the engine -----------------------------------------------------------
-
-
-class StatusLine(ProgressLine):
-    """A redrawn stderr line saying what runs now ("question 3/40 · tiny"); a line every 5 s when piped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.text = ""
-
-    def show(self, text: str, done: int, total: int) -> None:
-        self.text = text
-        self.update("status", min(done, total - 1), total, 0.0)
-
-    def render(self, label: str, done: int, total: int | None, rate: float) -> str:
-        return self.text
-
-    def message(self, text: str) -> None:
-        """A line of its own, above the status line."""
-        if self._current is not None and self.tty:
-            self.stream.write("\r\x1b[K")
-            self._current = None
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def config_with(config: Config, pipelines: dict[str, Pipeline]) -> Config:
-    """A copy of `config` that also knows the given ad-hoc pipelines (the file is not touched)."""
-    return dataclasses.replace(config, pipelines={**config.pipelines, **pipelines})
-
-
-def solo_pipeline(name: str, spec: ModelSpec) -> Pipeline:
-    """One model alone: one layer, so it gets the proposer prompt and its reply is final."""
-    return Pipeline(name=name, layers=[Layer(models=[spec], name="alone")], description=f"{spec.id} alone")
-
-
-def load_settings_key(spec: ModelSpec) -> tuple:
-    """What makes two specs the same model to compare: source and every setting but the seed."""
-    settings = {k: v for k, v in spec.settings.to_dict().items() if k != "seed"}
-    return (spec.source.describe(), tuple(sorted((k, str(v)) for k, v in settings.items())))
-
-
-class Console:
-    """What the headless runs print: a status line, notices once each, download progress."""
-
-    def __init__(self) -> None:
-        self.status = StatusLine()
-        self.download = ProgressLine()
-        self._seen: set[str] = set()
-
-    def emit(self, event) -> None:
-        if isinstance(event, DownloadProgress):
-            name = event.ref.model_id if event.ref else "download"
-            self.download.update(f"{name}: {event.filename}", event.downloaded, event.total, event.rate)
-        elif isinstance(event, Notice) and event.message not in self._seen:
-            self._seen.add(event.message)
-            self.status.message(f"note: {event.message}")
-
-    def close(self) -> None:
-        self.download.close()
-        self.status.close()
-
-
-def preload(provider: ModelProvider, specs: list[ModelSpec], console: Console) -> dict[str, str]:
-    """Load (maybe download) every model before timing anything; {spec id: error} for those that failed."""
-    failed: dict[str, str] = {}
-    cancel = CancelToken()
-    for i, spec in enumerate(specs):
-        console.status.show(f"loading {spec.id} ({i + 1}/{len(specs)})", i, len(specs))
-        ref = ModelRef(0, 0, spec.id, "proposer")
-        try:
-            with provider.open(spec, ref, console.emit, cancel):
-                pass
-        except ModelError as exc:
-            failed[spec.id] = str(exc)
-        except KeyboardInterrupt:
-            cancel.cancel()
-            raise
-    console.status.close()
-    return failed
-
-
-@dataclass
-class TurnResult:
-    record: object  # transcript.TurnRecord
-    latency: float  # seconds from the first model's start to the reply
-    answers: dict[str, ModelFinished | ModelFailed] = field(default_factory=dict)  # by model id
-
-    @property
-    def status(self) -> str:
-        return self.record.status
-
-    @property
-    def reply(self) -> str:
-        return self.record.reply
-
-    @property
-    def error(self) -> str | None:
-        return self.record.error
-
-    def generated_tokens(self, skip: Callable[[str], bool] = lambda _id: False) -> int:
-        return sum(a.stats.generated_tokens for mid, a in self.answers.items() if not skip(mid))
-
-    def failures(self) -> list[dict]:
-        return [{"model": mid, "error": a.error} for mid, a in self.answers.items() if isinstance(a, ModelFailed)]
-
-
-def run_turn(config: Config, pipeline_name: str, provider: ModelProvider, message: str, *,
-             offline: bool, console: Console | None = None) -> TurnResult:
-    """One fresh-conversation turn, headless, nothing saved. Ctrl+C stops the models before re-raising."""
-    from .pipeline import MoAPipeline
-    from .transcript import new_conversation
-
-    pipeline = MoAPipeline(config, pipeline_name, provider=provider, offline=offline, save=False)
-    answers: dict[str, ModelFinished | ModelFailed] = {}
-    conversation = new_conversation(pipeline_name)
-    started = time.perf_counter()
-    events = pipeline.run_turn(conversation, message, CancelToken())
-    try:
-        for event in events:
-            if isinstance(event, (ModelFinished, ModelFailed)):
-                answers[event.ref.model_id] = event
-            elif console is not None and not isinstance(event, TurnFinished):
-                console.emit(event)
-    except BaseException:
-        events.close()  # cancels every model and waits for them
-        raise
-    return TurnResult(conversation.turns[-1], time.perf_counter() - started, answers)
 
 
 # -- replayed reference answers ------------------------------------------------------------------
@@ -298,9 +129,9 @@ def find_models(config: Config, ids: list[str], prefer: str | None) -> list[Foun
         if match is None:
             close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise _usage(f"probe: no model {wanted!r} in {config.path.name} ({hint}known: {', '.join(known)})")
+            raise UsageError(f"probe: no model {wanted!r} in {config.path.name} ({hint}known: {', '.join(known)})")
         if any(f.spec.id == match.spec.id and f.pipeline == match.pipeline for f in found):
-            raise _usage(f"probe: model {wanted!r} is named twice")
+            raise UsageError(f"probe: model {wanted!r} is named twice")
         found.append(match)
     return found
 
@@ -322,14 +153,14 @@ def read_prompts(path: str | None) -> list[str]:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise _usage(f"--prompts: {file}: no such file") from None
+        raise UsageError(f"--prompts: {file}: no such file") from None
     except IsADirectoryError:
-        raise _usage(f"--prompts: {file}: is a folder, not a file") from None
+        raise UsageError(f"--prompts: {file}: is a folder, not a file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise _usage(f"--prompts: {file}: cannot read it ({exc})") from None
+        raise UsageError(f"--prompts: {file}: cannot read it ({exc})") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if not prompts:
-        raise _usage(f"--prompts: {file}: no prompts (one per line; blank lines and # comments are skipped)")
+        raise UsageError(f"--prompts: {file}: no prompts (one per line; blank lines and # comments are skipped)")
     return prompts
 
 
@@ -392,18 +223,25 @@ def summary_table(summary: list[dict]) -> str:
     return table(rows, ["model", "role", "ok", "mean time", "ttft", "tok/s", "tokens", "first answer"])
 
 
-def run_probe(args, config: Config) -> int:
-    from .backends.pool import ModelPool
-    from .models import offline_mode
+@dataclass(frozen=True)
+class ProbeOptions:
+    model_ids: tuple[str, ...]
+    config: str | None = None
+    pipeline: str | None = None
+    offline: bool = False
+    prompts: str | None = None  # a file, one prompt per line (default: the shipped set)
+    json: str | None = None  # where to write the report (default: the data folder)
 
-    try:
-        found = find_models(config, list(args.model_ids), getattr(args, "pipeline", None))
-        prompts = read_prompts(getattr(args, "prompts", None))
-    except ProbeUsageError as exc:
-        err(f"error: {exc}")
-        return EXIT_USAGE
-    out = Path(args.json).expanduser() if getattr(args, "json", None) else stamped_path(data_dir() / "probes")
-    offline = offline_mode(getattr(args, "offline", False))
+
+def run(options: ProbeOptions) -> int:
+    from ..backends.pool import ModelPool
+    from ..headless import preload
+
+    config, _ = load_config(options.config)
+    found = find_models(config, list(options.model_ids), options.pipeline)
+    prompts = read_prompts(options.prompts)
+    out = Path(options.json).expanduser() if options.json else stamped_path(data_dir() / "probes")
+    is_offline = offline(options.offline)
     specs = [f.spec for f in found]
     ids = [s.id for s in specs]
     report = {
@@ -415,13 +253,15 @@ def run_probe(args, config: Config) -> int:
         "runs": [], "summary": [], "interrupted": False,
     }
     runs: list[dict] = report["runs"]
-    pool = ModelPool(offline=offline)
+    pool = ModelPool(offline=is_offline)
     console = Console()
     try:
-        broken = preload(pool, specs, console)
+        broken = preload(pool, specs, on_event=console.emit, on_model=lambda spec, i, n: console.status.show(
+            f"loading {spec.id} ({i + 1}/{n})", i, n))
+        console.status.close()
         for error in broken.values():
             console.status.message(f"error: {error}")
-        _probe(config, pool, specs, prompts, broken, runs, console, offline)
+        _probe(config, pool, specs, prompts, broken, runs, console, is_offline)
     except KeyboardInterrupt:
         report["interrupted"] = True
     finally:
@@ -448,11 +288,13 @@ def run_probe(args, config: Config) -> int:
 
 
 def _probe(config, pool, specs, prompts, broken, runs, console, offline) -> None:
+    from ..headless import ask_fresh
+
     total = len(specs) * len(prompts) * 2
     done = 0
     proposals: dict[tuple[str, int], str] = {}
     solo = {s.id: f"probe:{s.id}" for s in specs}
-    cfg = config_with(config, {solo[s.id]: solo_pipeline(solo[s.id], s) for s in specs})
+    cfg = config.with_pipelines({solo[s.id]: solo_pipeline(s, solo[s.id]) for s in specs})
     for pi, prompt in enumerate(prompts):
         for spec in specs:
             console.status.show(f"proposer {done + 1}/{total}: {spec.id} · prompt {pi + 1}", done, total)
@@ -460,7 +302,7 @@ def _probe(config, pool, specs, prompts, broken, runs, console, offline) -> None
             if spec.id in broken:
                 runs.append(_run_record(spec.id, "proposer", pi, prompt, None, broken[spec.id]))
                 continue
-            result = run_turn(cfg, solo[spec.id], pool, prompt, offline=offline, console=console)
+            result = ask_fresh(cfg, solo[spec.id], pool, prompt, offline=offline, on_event=console.emit)
             event = result.answers.get(spec.id)
             runs.append(_run_record(spec.id, "proposer", pi, prompt, event, result.error))
             if isinstance(event, ModelFinished) and event.status == "done" and event.text.strip():
@@ -477,8 +319,8 @@ def _probe(config, pool, specs, prompts, broken, runs, console, offline) -> None
                 continue
             name = f"probe-agg:{spec.id}"
             pipeline, texts = aggregator_pipeline(name, spec, [r["text"] for r in refs])
-            result = run_turn(config_with(config, {name: pipeline}), name, ReplayProvider(pool, texts), prompt,
-                              offline=offline, console=console)
+            result = ask_fresh(config.with_pipelines({name: pipeline}), name, ReplayProvider(pool, texts), prompt,
+                               offline=offline, on_event=console.emit)
             event = result.answers.get(spec.id)
             runs.append(_run_record(spec.id, "aggregator", pi, prompt, event, result.error, refs))
     console.status.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moa_tui import config as config_module
+from moa_tui.config import files as config_files
 from moa_tui.config import (
     BUILTIN_DEFAULTS,
     DEFAULT_PROMPTS,
@@ -241,7 +241,7 @@ def places(tmp_path, monkeypatch):
     cwd.mkdir()
     user.mkdir()
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(config_module, "config_dir", lambda: user)
+    monkeypatch.setattr(config_files, "config_dir", lambda: user)
     return cwd, user
 
 

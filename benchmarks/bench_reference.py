@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.common import (
     QUESTIONS,
-    LlamaServer,
     bench_config,
     check,
     eog_tokens,
+    llama_server,
     median,
     model_path,
     preload,
@@ -81,7 +81,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
                 sum(r.prompt_seconds for r in results), sum(r.decode_seconds for r in results))
 
     with contextlib.ExitStack() as stack:
-        servers: dict[str, LlamaServer] = {}
+        servers: dict = {}
         bans: dict[str, dict[str, float]] = {}
         for spec_id, spec in specs.items():
             path = paths[spec_id]
@@ -89,7 +89,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
                 vocab = raw_llama(path, spec.settings, vocab_only=True, n_ctx=64)
                 bans[path] = {str(t): -100.0 for t in eog_tokens(vocab)}
                 vocab.close()
-                servers[path] = stack.enter_context(LlamaServer(path, spec_id, spec.settings))
+                servers[path] = stack.enter_context(llama_server(path, spec_id, spec.settings))
 
         def body(spec_id: str, messages: list[dict], n: int, stream: bool = False) -> dict:
             s = specs[spec_id].settings

@@ -469,85 +469,13 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
 # -- llama_cpp.server (the reference MoA's way: every model behind its own OpenAI-compatible server) --
 
 
-def free_port() -> int:
-    import socket
+def llama_server(path: str, alias: str, settings, **kwargs: Any):
+    """`python -m llama_cpp.server` (tests/llama_server.py) for one model file, with moa's load settings."""
+    from tests.llama_server import LlamaServer
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LlamaServer:
-    """`python -m llama_cpp.server` for one model file on loopback; a context manager that kills it."""
-
-    def __init__(self, path: str, alias: str, settings, *, extra: list[str] | None = None,
-                 start_timeout: float = 120.0) -> None:
-        kwargs = load_kwargs(path, settings)
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}/v1"
-        self.alias = alias
-        self.start_timeout = start_timeout
-        self.args = [
-            sys.executable, "-m", "llama_cpp.server", "--model", path, "--model_alias", alias,
-            "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(kwargs["n_ctx"]),
-            "--n_batch", str(kwargs["n_batch"]), "--n_threads", str(kwargs["n_threads"]),
-            "--n_threads_batch", str(kwargs["n_threads_batch"]), "--n_gpu_layers", str(kwargs["n_gpu_layers"]),
-            "--interrupt_requests", "False", "--logits_all", "False", "--verbose", "False",
-            *(["--chat_format", settings.chat_format] if settings.chat_format else []),
-            *(extra or []),
-        ]
-        self.process = None
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
-
-    def __enter__(self) -> LlamaServer:
-        import subprocess
-
-        self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                        stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}: {self.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                self.request("GET", "/models", timeout=2)
-                return self
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"llama_cpp.server did not answer within {self.start_timeout:g} s: {self.log_tail()}")
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log.close()
-
-    def log_tail(self, chars: int = 2000) -> str:
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", errors="replace")[-chars:]
-
-    def request(self, method: str, route: str, body: dict | None = None, timeout: float = 600) -> dict:
-        import json
-        import urllib.request
-
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.endpoint + route, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            return json.load(response)
-
-    def stream(self, body: dict, timeout: float = 600) -> Iterator[dict]:
-        """Server-sent events of a streamed chat completion, parsed."""
-        import json
-        import urllib.request
-
-        req = urllib.request.Request(self.endpoint + "/chat/completions", data=json.dumps(body).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            for raw in response:
-                line = raw.decode("utf-8").strip()
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    return
-                yield json.loads(payload)
+    load = load_kwargs(path, settings)
+    extra = ["--n_batch", str(load["n_batch"]), "--n_threads", str(load["n_threads"]),
+             "--n_threads_batch", str(load["n_threads_batch"]), "--n_gpu_layers", str(load["n_gpu_layers"]),
+             "--logits_all", "False", "--verbose", "False",
+             *(["--chat_format", settings.chat_format] if settings.chat_format else []), *kwargs.pop("extra", [])]
+    return LlamaServer(path, alias, n_ctx=load["n_ctx"], extra_args=extra, start_timeout=120.0, **kwargs)

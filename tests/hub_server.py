@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -395,13 +394,6 @@ def use_hub(monkeypatch: pytest.MonkeyPatch, hub_url: str, cache: Path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     for name in ("HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_gguf(path: Path, size: int, seed: int = 0) -> Path:

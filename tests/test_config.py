@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from moa_tui.config import files as config_files
 from moa_tui.config import (
     BUILTIN_DEFAULTS,
     DEFAULT_PROMPTS,
@@ -23,21 +21,9 @@ from moa_tui.config import (
     load_config,
     shipped_config_path,
 )
+from moa_tui.config import files as config_files
 
-from .conftest import REPO, SHIPPED_CONFIG
-
-
-def write(folder: Path, text: str, name: str = "models.yaml") -> Path:
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
-
-
-def one_model(model: str, top: str = "") -> str:
-    """A valid file around one model written in YAML flow style, e.g. `{id: a, source: {path: a.gguf}}`."""
-    return f"version: 1\n{top}pipelines:\n  p:\n    layers:\n      - models:\n          - {model}\n"
-
+from .helpers import REPO, SHIPPED_CONFIG, one_model, write
 
 # -- the shipped models.yaml --------------------------------------------------------------------
 

@@ -8,8 +8,7 @@ import pytest
 
 from moa_tui.config import ConfigError, MemoryBudget, load_config
 
-from .conftest import SHIPPED_CONFIG
-from .test_config import one_model, write
+from .helpers import SHIPPED_CONFIG, one_model, write
 
 SRC = "source: {path: a.gguf}"
 FINAL = "      - models: [{id: f, source: {path: a.gguf}}]\n"

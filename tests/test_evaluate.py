@@ -23,7 +23,7 @@ from moa_tui.scoring import (
     strip_echo,
 )
 
-from .conftest import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG
 
 # -- scorers --------------------------------------------------------------------------------------
 

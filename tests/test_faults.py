@@ -58,8 +58,8 @@ from moa_tui.transcript import (
     transcripts_dir,
 )
 
-from .conftest import REPO
 from .gguf_factory import copy_prefix
+from .helpers import REPO
 from .hub_server import FakeHub, use_hub
 
 STOP_WITHIN = 0.5  # seconds from cancel to a generating model's end

@@ -38,8 +38,8 @@ from moa_tui.transcript import (
     transcripts_dir,
 )
 
-from .conftest import REPO
 from .gguf_factory import write_loadable_llama
+from .helpers import REPO
 from .hub_server import FakeHub, use_hub, write_gguf
 
 
@@ -155,6 +155,7 @@ def in_thread(work, timeout: float):
     return not thread.is_alive(), box
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("template", list(ESCAPES.values()), ids=list(ESCAPES))
 def test_template_escaping_the_sandbox_fails_clearly_or_renders_harmlessly(template, trap, tmp_path):
     fill, token, secret, marker = trap
@@ -179,6 +180,7 @@ def test_template_escaping_the_sandbox_fails_clearly_or_renders_harmlessly(templ
     assert files_under(tmp_path) == before
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("template", list(EXHAUSTION.values()), ids=list(EXHAUSTION))
 def test_template_that_would_hang_or_exhaust_memory_is_stopped(template, tmp_path):
     path = write_loadable_llama(tmp_path / "greedy.gguf", chat_template=template)
@@ -193,6 +195,7 @@ def test_template_that_would_hang_or_exhaust_memory_is_stopped(template, tmp_pat
     assert str(error).startswith("greedy: ") and "chat template" in str(error)
 
 
+@pytest.mark.real
 def test_a_template_with_a_syntax_error_is_a_clear_load_error(tmp_path):
     path = write_loadable_llama(tmp_path / "broken.gguf", chat_template="{% for %}")
     with pytest.raises(ModelError) as error:
@@ -200,6 +203,7 @@ def test_a_template_with_a_syntax_error_is_a_clear_load_error(tmp_path):
     assert str(error.value).startswith("broken: the chat template in the model file is invalid")
 
 
+@pytest.mark.real
 def test_a_template_rendering_nothing_is_a_clear_error(tmp_path):
     """An empty prompt used to reach an `assert` deep in llama-cpp-python (a bare AssertionError)."""
     path = write_loadable_llama(tmp_path / "empty.gguf", chat_template="{% if false %}x{% endif %}")
@@ -208,6 +212,7 @@ def test_a_template_rendering_nothing_is_a_clear_error(tmp_path):
     assert str(error.value).startswith("empty: the model's own chat template produced an empty prompt")
 
 
+@pytest.mark.real
 def test_template_that_drops_the_system_prompt_then_fails_is_a_model_error(tmp_path):
     """moa re-renders with the system text folded in when a template drops it; that render's failure
     must be a clear ModelError too, not an unexpected exception."""
@@ -221,6 +226,7 @@ def test_template_that_drops_the_system_prompt_then_fails_is_a_model_error(tmp_p
                                 "two paragraphs are not allowed")
 
 
+@pytest.mark.real
 def test_a_benign_crafted_template_still_works(tmp_path):
     """The limits do not get in the way of a normal template (loops, filters, tojson, strftime_now)."""
     template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}\n{% endfor %}"
@@ -249,6 +255,7 @@ pipelines:
     return path
 
 
+@pytest.mark.real
 def test_hostile_template_fails_only_its_model_and_the_turn_goes_on(tmp_path, smollm2_path, trap):
     fill, token, _, marker = trap
     from moa_tui.config import load_config

@@ -24,7 +24,8 @@ from moa_tui.models import (
     resolve_model,
 )
 from moa_tui.models.hub_files import pick_files
-from tests.hub_server import FakeHub, free_port, use_hub, write_gguf
+from tests.helpers import free_port
+from tests.hub_server import FakeHub, use_hub, write_gguf
 
 MiB = 2**20
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

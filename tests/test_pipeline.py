@@ -28,7 +28,7 @@ from moa_tui.pipeline import MoAPipeline
 from moa_tui.prompts import REFERENCES_HEADER
 from moa_tui.transcript import load_conversation, new_conversation
 
-from .conftest import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG
 
 
 class RecordingLoader:
@@ -55,6 +55,7 @@ def run(pipeline: MoAPipeline, conversation, message: str, cancel: CancelToken |
     return list(pipeline.run_turn(conversation, message, cancel))
 
 
+@pytest.mark.real
 def test_tiny_pipeline_full_turn_real_models():
     """The shipped `tiny` pipeline: three layers, two real GGUFs, events in order, saved transcript."""
     from moa_tui.config import load_config

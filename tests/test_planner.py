@@ -25,7 +25,7 @@ from moa_tui.plan_text import render_plan
 from moa_tui.planner import GB, Budget, ModelSize, Unknown, build_plan, detect_budget, plan
 from moa_tui.transcript import new_conversation
 
-from .conftest import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG
 
 MB = 1_000_000
 

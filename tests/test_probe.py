@@ -13,7 +13,7 @@ from moa_tui.config import load_config
 from moa_tui.headless import ask_fresh
 from moa_tui.prompts import REFERENCES_HEADER
 
-from .conftest import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG
 
 
 def _probe_config(write_config, smollm2_path, gemma_path=None, max_tokens: int = 12):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from moa_tui.backends.llama import LlamaChatModel
 from moa_tui.backends.pool import ModelPool
 from moa_tui.config import load_config
@@ -11,9 +13,10 @@ from moa_tui.events import ModelFinished, ModelStarted, TurnFinished, TurnStarte
 from moa_tui.pipeline import MoAPipeline
 from moa_tui.transcript import new_conversation
 
-from .conftest import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG
 
 
+@pytest.mark.real
 def test_shipped_self_moa_pipeline_samples_one_loaded_model():
     loads: list[str] = []
 

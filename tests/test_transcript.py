@@ -36,7 +36,7 @@ from moa_tui.transcript import (
     transcripts_dir,
 )
 
-from .conftest import REPO
+from .helpers import REPO
 
 HOSTILE = (
     "Here you go:\n```\n# not a heading\n</details>\n<script>alert(1)</script>\n"

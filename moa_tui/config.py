@@ -37,6 +37,7 @@ class ModelSettings:
     n_batch: int | None = None
     flash_attn: bool | None = None
     chat_format: str | None = None
+    thinking: bool | None = None  # passed to the chat template as enable_thinking (thinking.py)
     cpu_repack: bool | str | None = None  # True, False or "auto" (backends/cpu_buffers.py says why)
     seed: int | None = None
     max_tokens: int | None = None
@@ -67,6 +68,7 @@ BUILTIN_DEFAULTS = ModelSettings(
     n_gpu_layers=-1,
     n_batch=512,
     cpu_repack="auto",
+    thinking=False,
     max_tokens=512,
     temperature=0.7,
     top_p=0.95,
@@ -471,6 +473,7 @@ SETTING_CHECKS: dict[str, Callable[[Any], Any]] = {
     "n_batch": _positive,
     "flash_attn": _bool,
     "chat_format": _text,
+    "thinking": _bool,
     "cpu_repack": _cpu_repack,
     "seed": _integer,
     "max_tokens": _positive,

@@ -49,7 +49,8 @@ VRAM_MARGIN_MIN = 512 * 1_000_000
 
 # Settings that change how a model is loaded (generation settings may differ per role): specs that
 # agree on these and on the file share one loaded model.
-LOAD_KEYS = ("n_ctx", "n_gpu_layers", "n_threads", "n_batch", "flash_attn", "chat_format", "cpu_repack")
+# `thinking` is rendered into every prompt by the formatter made at load (like chat_format).
+LOAD_KEYS = ("n_ctx", "n_gpu_layers", "n_threads", "n_batch", "flash_attn", "chat_format", "thinking", "cpu_repack")
 
 NOT_DOWNLOADED = "unknown size, not downloaded"
 GPU_BUILD_HINT = 'reinstall llama-cpp-python with GPU support, e.g. CMAKE_ARGS="-DGGML_CUDA=on"'

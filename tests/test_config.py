@@ -605,6 +605,8 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("n_threads", "0", "must be greater than 0"), ("n_threads", "'4'", "expected an integer"),
     ("n_batch", "-1", "must be greater than 0"), ("n_batch", "[512]", "expected an integer"),
     ("flash_attn", "1", "expected true or false"),
+    ("thinking", "'yes'", "expected true or false"), ("thinking", "0", "expected true or false"),
+    ("cpu_repack", "'yes'", "expected true, false or 'auto'"),
     ("chat_format", "''", "expected a non-empty string"), ("chat_format", "5", "expected a non-empty string"),
     ("seed", "1.5", "expected an integer"), ("seed", "'x'", "expected an integer"),
     ("max_tokens", "0", "must be greater than 0"), ("max_tokens", "'512'", "expected an integer"),

@@ -431,3 +431,82 @@ def test_thinking_is_off_unless_set_and_renders_per_loaded_model(write_config):
     a, b = config.pipeline("p").layers[0].models
     assert a.settings.thinking is True and b.settings.thinking is False
     assert load_settings(a.settings) != load_settings(b.settings)  # one file, two prompt formats: two loads
+
+
+# -- the app: thinking folded in the model's pane -----------------------------------------------
+
+APP_YAML = """
+    version: 1
+    default_pipeline: two
+    pipelines:
+      two:
+        layers:
+          - models:
+              - {id: a, source: {path: a.gguf}}
+          - models:
+              - {id: final, source: {path: final.gguf}}
+"""
+
+
+async def test_the_pane_folds_thinking_as_it_streams_and_shows_it_on_demand(write_config, tmp_path, monkeypatch):
+    from textual.widgets._collapsible import CollapsibleTitle
+
+    from moa_tui.app import MoAApp
+    from moa_tui.app.screens.turn import TurnScreen
+    from moa_tui.app.widgets.model_pane import ModelPane
+
+    from .test_app import finish_turn, panes, screen_text, send, wait_until
+
+    monkeypatch.setenv("MOA_DATA_DIR", str(tmp_path / "data"))
+    thinking_tokens = ["<think>", "\nweighing", " the", " options"] + [" and more"] * 8 + ["</think>"]
+    scripts = {"a": ScriptedModel(tokens=[*thinking_tokens, "\n\nAlpha", " answer."], tokens_per_second=25),
+               "final": ScriptedModel("Final reply.")}
+    app = MoAApp(write_config(APP_YAML), provider=ScriptedProvider(scripts))
+    updates: list[str] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = panes(app)["a"]
+        fold = pane.thinking_fold
+        assert not fold.has_class("-filled") and not fold.display or not fold.region.height
+        answer_update = pane.view.update
+        monkeypatch.setattr(pane.view, "update", lambda text: (updates.append(text), answer_update(text)))
+        await send(pilot, "Which one?")
+        await wait_until(lambda: "options" in pane.thinking, what="a thinking")
+        # live: folded to one line, the answer area still empty, the status says it is reasoning
+        assert fold.has_class("-filled") and fold.collapsed and fold.region.height == 1
+        assert pane.text == "" and pane.view.source == "" and pane.thinking_view.source == ""
+        assert pane.status_text().startswith("reasoning")
+        await finish_turn(pilot)
+
+        assert pane.text == "Alpha answer." and pane.view.source == "Alpha answer."
+        assert pane.thinking == "weighing the options" + " and more" * 8
+        assert updates == [""]  # only the new turn's reset: no re-render of the answer per token or at the end
+        text = screen_text(app)
+        assert "▶ thinking · 19 words" in text and "Alpha answer." in text and "weighing" not in text
+
+        await pilot.click(CollapsibleTitle)  # there is one: the final model did not think
+        await wait_until(lambda: not fold.collapsed, what="the thinking expanded")
+        await pilot.pause()
+        assert pane.thinking_view.source == pane.thinking and fold.region.height > 2
+        text = screen_text(app)
+        assert "▼ thinking" in text and "weighing the options" in text and "Alpha answer." in text
+        assert not panes(app)["final"].thinking_fold.has_class("-filled")
+
+        # the saved turn shows it folded too
+        assert app.conversation.turns[0].layers[0][0].thinking == pane.thinking
+        app.history.cards[0].focus()
+        await pilot.press("enter")
+        await wait_until(lambda: isinstance(app.screen, TurnScreen), what="the turn screen")
+        await pilot.pause()
+        past = {p.ref.model_id: p for p in app.screen.query(ModelPane)}["a"]
+        assert past.thinking == pane.thinking and past.thinking_fold.collapsed
+        assert past.thinking_fold.has_class("-filled") and past.view.source == "Alpha answer."
+        assert "▶ thinking · 19 words" in screen_text(app)
+        await pilot.press("escape")
+        await wait_until(lambda: not isinstance(app.screen, TurnScreen), what="back to the chat")
+
+        # the next turn starts with no thinking line, folded again
+        app.provider.models["a"].script = ScriptedModel("Plain answer.")
+        await send(pilot, "Again?")
+        await finish_turn(pilot)
+        assert pane.thinking == "" and not pane.thinking_fold.has_class("-filled") and pane.thinking_fold.collapsed
+        assert pane.view.source == "Plain answer." and "thinking ·" not in screen_text(app)

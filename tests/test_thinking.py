@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 
 import pytest
 
@@ -458,8 +459,10 @@ async def test_the_pane_folds_thinking_as_it_streams_and_shows_it_on_demand(writ
     from .test_app import finish_turn, panes, screen_text, send, wait_until
 
     monkeypatch.setenv("MOA_DATA_DIR", str(tmp_path / "data"))
-    thinking_tokens = ["<think>", "\nweighing", " the", " options"] + [" and more"] * 8 + ["</think>"]
-    scripts = {"a": ScriptedModel(tokens=[*thinking_tokens, "\n\nAlpha", " answer."], tokens_per_second=25),
+    thinking_tokens = ["<think>", "\nweighing", " the", " options"] + [" and more"] * 8 + ["</th"]
+    hold = threading.Event()  # the model waits mid-tag, so the test sees the pane while it reasons
+    scripts = {"a": ScriptedModel(tokens=[*thinking_tokens, "ink>", "\n\nAlpha", " answer."], hold=hold,
+                                  hold_at=len(thinking_tokens)),
                "final": ScriptedModel("Final reply.")}
     app = MoAApp(write_config(APP_YAML), provider=ScriptedProvider(scripts))
     updates: list[str] = []
@@ -470,11 +473,13 @@ async def test_the_pane_folds_thinking_as_it_streams_and_shows_it_on_demand(writ
         answer_update = pane.view.update
         monkeypatch.setattr(pane.view, "update", lambda text: (updates.append(text), answer_update(text)))
         await send(pilot, "Which one?")
-        await wait_until(lambda: "options" in pane.thinking, what="a thinking")
+        await wait_until(lambda: pane.thinking.endswith("and more"), what="a thinking")
+        await pilot.pause()
         # live: folded to one line, the answer area still empty, the status says it is reasoning
         assert fold.has_class("-filled") and fold.collapsed and fold.region.height == 1
         assert pane.text == "" and pane.view.source == "" and pane.thinking_view.source == ""
-        assert pane.status_text().startswith("reasoning")
+        assert pane.status_text().startswith("reasoning") and "weighing" not in screen_text(app)
+        hold.set()
         await finish_turn(pilot)
 
         assert pane.text == "Alpha answer." and pane.view.source == "Alpha answer."

@@ -112,20 +112,24 @@ class Token:
 
 @dataclass(frozen=True)
 class ModelFinished:
-    """A model's answer ended: done, or cancelled with the partial text kept."""
+    """A model's answer ended: done, or cancelled with the partial text kept.
+
+    `text` is the answer without thinking blocks; `thinking` is what they held (thinking.py)."""
 
     ref: ModelRef
     text: str
     stats: GenerationStats
     status: ModelStatus = "done"
+    thinking: str = ""
 
 
 @dataclass(frozen=True)
 class ModelFailed:
     ref: ModelRef
     error: str
-    partial_text: str = ""
+    partial_text: str = ""  # without thinking blocks, like ModelFinished.text
     stats: GenerationStats = field(default_factory=GenerationStats)
+    thinking: str = ""
 
 
 @dataclass(frozen=True)

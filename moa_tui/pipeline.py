@@ -34,6 +34,7 @@ from .events import (
     TurnStarted,
 )
 from .prompts import PromptParts, fit_to_context
+from .thinking import no_answer_note, split_thinking
 from .transcript import Conversation, ModelAnswer, TurnRecord, save_conversation
 
 
@@ -234,10 +235,14 @@ class MoAPipeline:
                     result = model.chat(fit.parts.messages(), spec.settings, cancel, on_token, session=ref.key)
                 except ModelError as exc:  # one loaded model serves several ids: name the one that failed
                     raise ModelError(_renamed(str(exc), model.model_id, spec.id)) from exc
-            answer.text = result.text
+            answer.text, answer.thinking = split_thinking(result.text)  # references and the reply: no thinking
             answer.stats = result.stats
             answer.status = "cancelled" if result.cancelled else "done"
-            emit(ModelFinished(ref, result.text, result.stats, answer.status))
+            answer.error = no_answer_note(spec.id, answer.text, answer.thinking, result.stats.finish_reason,
+                                          spec.settings.max_tokens)
+            if answer.error:
+                emit(Notice(answer.error, ref=ref))
+            emit(ModelFinished(ref, answer.text, result.stats, answer.status, answer.thinking))
         except ModelError as exc:
             if cancel.cancelled:  # stopped by the user while downloading, loading or generating: not a fault
                 self._stopped(answer, text_parts, ref, emit)
@@ -254,17 +259,17 @@ class MoAPipeline:
     @staticmethod
     def _stopped(answer: ModelAnswer, text_parts: list[str], ref: ModelRef, emit) -> None:
         answer.status = "cancelled"
-        answer.text = "".join(text_parts)
+        answer.text, answer.thinking = split_thinking("".join(text_parts))
         answer.stats = GenerationStats(generated_tokens=len(text_parts), finish_reason="cancelled")
-        emit(ModelFinished(ref, answer.text, answer.stats, "cancelled"))
+        emit(ModelFinished(ref, answer.text, answer.stats, "cancelled", answer.thinking))
 
     @staticmethod
     def _fail(answer: ModelAnswer, error: str, text_parts: list[str], ref: ModelRef, emit) -> None:
         answer.status = "failed"
         answer.error = error
-        answer.text = "".join(text_parts)
+        answer.text, answer.thinking = split_thinking("".join(text_parts))
         answer.stats = GenerationStats(generated_tokens=len(text_parts), finish_reason="error")
-        emit(ModelFailed(ref, error, answer.text, answer.stats))
+        emit(ModelFailed(ref, error, answer.text, answer.stats, answer.thinking))
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -45,8 +45,6 @@ MARGIN_FRACTION = 0.10
 RAM_MARGIN_MIN = 1 * GB
 VRAM_MARGIN_MIN = 512 * 1_000_000
 
-# Settings that change how a model is loaded (generation settings may differ per role): specs that
-# agree on these and on the file share one loaded model.
 # Bounds of the KV snapshots one loaded model keeps per role (backends/llama.py `SessionStates` keeps
 # them; the plan counts them). A snapshot is the KV cache of the tokens it holds: SmolLM2-135M takes
 # 23 KB per token (f16), so 23 MB for a 1000-token conversation and 47 MB for a full n_ctx 2048; a
@@ -56,7 +54,10 @@ VRAM_MARGIN_MIN = 512 * 1_000_000
 SAVED_STATES_MAX = 8
 SAVED_STATE_BYTES_MAX = 256 * 1024 * 1024
 
-LOAD_KEYS = ("n_ctx", "n_gpu_layers", "n_threads", "n_batch", "flash_attn", "chat_format", "cpu_repack")
+# Settings that change how a model is loaded (generation settings may differ per role): specs that
+# agree on these and on the file share one loaded model. `thinking` is rendered into every prompt by
+# the formatter made at load (like chat_format).
+LOAD_KEYS = ("n_ctx", "n_gpu_layers", "n_threads", "n_batch", "flash_attn", "chat_format", "thinking", "cpu_repack")
 
 NOT_DOWNLOADED = "unknown size, not downloaded"
 GPU_BUILD_HINT = 'reinstall llama-cpp-python with GPU support, e.g. CMAKE_ARGS="-DGGML_CUDA=on"'

@@ -49,13 +49,16 @@ class ModelAnswer:
     layer: int
     index: int
     status: str  # done | failed | cancelled | skipped
-    text: str = ""
+    text: str = ""  # the answer without thinking blocks: what later layers and the reply use
     error: str | None = None
     settings: dict = field(default_factory=dict)
     stats: GenerationStats = field(default_factory=GenerationStats)
     source: str = ""  # human description of the model source
     model_file: str | None = None
     model_file_size: int | None = None
+    # What the model's thinking blocks held (thinking.py). Optional in the JSON: older files have
+    # none, and older moa-tui versions ignore the key, so the transcript version stays 1.
+    thinking: str = ""
 
 
 @dataclass
@@ -212,6 +215,7 @@ def _answer_to_dict(answer: ModelAnswer) -> dict[str, Any]:
         "source": answer.source,
         "model_file": answer.model_file,
         "model_file_size": answer.model_file_size,
+        "thinking": answer.thinking,
     }
 
 
@@ -325,6 +329,7 @@ def _read_answer(data: dict, where: str) -> ModelAnswer:
         source=_get(data, "source", where, (str,), ""),
         model_file=_get(data, "model_file", where, (str, _NONE), None),
         model_file_size=_get(data, "model_file_size", where, (int, _NONE), None),
+        thinking=_get(data, "thinking", where, (str,), ""),
     )
 
 
@@ -591,6 +596,10 @@ def _md_answer(answer: ModelAnswer) -> str:
         parts.append(f"- **Source:** {md_code(answer.source)}")
     if answer.error:
         parts += ["", "**Error:**", "", md_fence(answer.error, "text")]
+    if answer.thinking:  # folded, as in the app; the fence keeps `</details>` in it from closing anything
+        words = len(answer.thinking.split())
+        parts += ["", f"<details>\n<summary>Thinking ({words} words)</summary>\n\n{md_fence(answer.thinking, 'text')}"
+                      "\n\n</details>"]
     parts += ["", md_fence(answer.text, "markdown") if answer.text else "*(no text)*"]
     return "\n".join(parts)
 

@@ -185,3 +185,30 @@ def write_loadable_llama(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# -- a real model with another chat template ---------------------------------------------------------
+
+
+def with_chat_template(source: Path, target: Path, template: str) -> Path:
+    """A copy of the GGUF `source` (every key and tensor) whose `tokenizer.chat_template` is `template`.
+
+    With SmolLM2 as the source this is a real, tiny instruct model behind any template a test needs
+    (a thinking one, one that raises on a later system message). Uses the `gguf` package's own
+    metadata copier (what its gguf-new-metadata script does).
+    """
+    import logging
+
+    from gguf import GGUFReader, GGUFValueType, Keys
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = GGUFReader(source, "r")
+    arch = reader.get_field(Keys.General.ARCHITECTURE).contents()
+    writer = GGUFWriter(target, arch=arch, endianess=reader.endianess)
+    alignment = reader.get_field(Keys.General.ALIGNMENT)
+    if alignment is not None:
+        writer.data_alignment = alignment.contents()
+    new = {Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(GGUFValueType.STRING, template)}
+    logging.getLogger("gguf-new-metadata").setLevel(logging.WARNING)
+    copy_with_new_metadata(reader, writer, new, [])
+    return target

@@ -591,6 +591,7 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("n_threads", "0", "must be greater than 0"), ("n_threads", "'4'", "expected an integer"),
     ("n_batch", "-1", "must be greater than 0"), ("n_batch", "[512]", "expected an integer"),
     ("flash_attn", "1", "expected true or false"),
+    ("thinking", "'yes'", "expected true or false"), ("thinking", "0", "expected true or false"),
     ("chat_format", "''", "expected a non-empty string"), ("chat_format", "5", "expected a non-empty string"),
     ("cpu_repack", "'yes'", "expected true, false or 'auto'"), ("cpu_repack", "1", "expected true, false or 'auto'"),
     ("cpu_repack", "Auto", "expected true, false or 'auto'"),

@@ -2,7 +2,11 @@
 
 Formatting the prompt ourselves (instead of create_chat_completion) lets the backend stream with
 raw `generate()`. System messages are never lost: templates that reject them, or that silently
-drop them (Gemma), get the system text folded into the first user turn.
+drop them (Gemma), get the system text folded into the first user turn. There is only ever one
+system message, and it comes first: some templates (Qwen3.5) raise on a later one.
+
+Every Jinja template gets `enable_thinking` (the model's `thinking` setting): thinking templates
+(Qwen3.5, Gemma 4, Granite 4.2) read it, others ignore it. Qwen3.5's thinks when it is absent.
 
 A chat template comes from the model file, so it is untrusted code. It runs in Jinja's
 ImmutableSandboxedEnvironment (no attribute tricks, no `open`, no mutation), as in llama-cpp-python,
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..thinking import open_thinking
 from .base import Message, ModelError
 
 FALLBACK_FORMAT = "chatml"
@@ -34,6 +39,7 @@ class FormattedPrompt:
     stops: list[str]
     has_special_tokens: bool  # the text already holds BOS etc.; don't add them when tokenizing
     folded_system: bool
+    open_thinking: str = ""  # the opening thinking tag the prompt ends in (thinking.open_thinking)
 
 
 def _normalize(name: str) -> str:
@@ -57,6 +63,19 @@ def named_formats() -> dict[str, Callable]:
         if fn is not None:
             found[name] = fn
     return found
+
+
+def system_first(messages: list[Message]) -> list[Message]:
+    """The same conversation with every system text in one system message at the start.
+
+    moa's own message lists already look like that (prompts.py); this keeps any other caller from
+    handing a template a later system message, which Qwen3.5's rejects ("System message must be at
+    the beginning.").
+    """
+    if all(m.role != "system" for m in messages[1:]):
+        return messages
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    return [Message("system", system), *(m for m in messages if m.role != "system")]
 
 
 def fold_system(messages: list[Message]) -> list[Message]:
@@ -83,8 +102,10 @@ class PromptFormatter:
         bos_token: str,
         eos_token: str,
         model_id: str,
+        thinking: bool = False,
     ) -> None:
         self.model_id = model_id
+        self.thinking = thinking
         self.notice: str | None = None
         self._named: Callable | None = None
         self._jinja = None
@@ -114,6 +135,7 @@ class PromptFormatter:
             )
 
     def format(self, messages: list[Message]) -> FormattedPrompt:
+        messages = system_first(messages)
         folded = self.always_fold
         msgs = fold_system(messages) if folded else messages
         try:
@@ -145,12 +167,13 @@ class PromptFormatter:
             stops=[s for s in stops if s],
             has_special_tokens=bool(result.added_special),
             folded_system=folded,
+            open_thinking=open_thinking(result.prompt),
         )
 
     def _render(self, messages: list[Message]):
         payload = [m.to_dict() for m in messages]
         if self._jinja is not None:
-            return self._jinja(messages=payload)
+            return self._jinja(messages=payload, enable_thinking=self.thinking)
         assert self._named is not None
         return self._named(messages=payload)
 
@@ -194,7 +217,7 @@ class _GuardedJinjaFormatter:
         self._strftime_now = Jinja2ChatFormatter.strftime_now
         self._template = _with_time_limit(lambda: environment.from_string(template))
 
-    def __call__(self, *, messages: list[dict]) -> Any:
+    def __call__(self, *, messages: list[dict], enable_thinking: bool = False) -> Any:
         from llama_cpp.llama_chat_format import ChatFormatterResponse
 
         def raise_exception(message: str) -> None:
@@ -203,7 +226,7 @@ class _GuardedJinjaFormatter:
         prompt = _with_time_limit(lambda: self._template.render(
             messages=messages, eos_token=self.eos_token, bos_token=self.bos_token,
             raise_exception=raise_exception, add_generation_prompt=True, functions=None, function_call=None,
-            tools=None, tool_choice=None, strftime_now=self._strftime_now,
+            tools=None, tool_choice=None, strftime_now=self._strftime_now, enable_thinking=enable_thinking,
         ))
         given = sum(len(str(m.get("content") or "")) for m in messages)
         if len(prompt) > 2 * given + TEMPLATE_OUTPUT_SLACK:  # llama.cpp would spend minutes tokenizing it

@@ -358,7 +358,7 @@ class LlamaChatModel(ChatModel):
         self._cancel: CancelToken | None = None
         self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
         self._no_abort_cb = llama_cpp.ggml_abort_callback()
-        self._formatter = self._make_formatter(settings.chat_format)
+        self._formatter = self._make_formatter(settings.chat_format, bool(settings.thinking))
         if self._formatter.notice:
             self.notices.append(self._formatter.notice)
         self._states = SessionStates(max_states, max_state_bytes)
@@ -370,7 +370,7 @@ class LlamaChatModel(ChatModel):
 
     # -- formatting -----------------------------------------------------------------------------
 
-    def _make_formatter(self, chat_format: str | None) -> PromptFormatter:
+    def _make_formatter(self, chat_format: str | None, thinking: bool = False) -> PromptFormatter:
         metadata = self._llm.metadata or {}
         bos_id, eos_id = self._llm.token_bos(), self._llm.token_eos()
         return PromptFormatter(
@@ -379,6 +379,7 @@ class LlamaChatModel(ChatModel):
             bos_token=self._token_text(bos_id),
             eos_token=self._token_text(eos_id),
             model_id=self.model_id,
+            thinking=thinking,
         )
 
     def _token_text(self, token: int) -> str:
@@ -386,12 +387,13 @@ class LlamaChatModel(ChatModel):
             return ""
         return self._piece(token, special=True).decode("utf-8", errors="replace")
 
-    def _tokenize(self, messages: list[Message]) -> tuple[list[int], list[str]]:
+    def _tokenize(self, messages: list[Message]) -> tuple[list[int], list[str], str]:
+        """Prompt tokens, the template's stop strings, and the thinking tag the prompt ends in."""
         prompt = self._formatter.format(messages)
         tokens = self._llm.tokenize(
             prompt.text.encode("utf-8"), add_bos=not prompt.has_special_tokens, special=True
         )
-        return tokens, prompt.stops
+        return tokens, prompt.stops, prompt.open_thinking
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self._tokenize(messages)[0])
@@ -556,7 +558,9 @@ class LlamaChatModel(ChatModel):
         import llama_cpp
 
         started = time.perf_counter()
-        tokens, template_stops = self._tokenize(messages)
+        # prefill: a thinking tag the template opened in the prompt, put back in front of the answer
+        # so the text says where its reasoning ends (thinking.py)
+        tokens, template_stops, prefill = self._tokenize(messages)
         stats = GenerationStats(prompt_tokens=len(tokens))
         max_tokens = settings.max_tokens
         room = self.n_ctx - len(tokens)
@@ -609,6 +613,7 @@ class LlamaChatModel(ChatModel):
                 generated += 1
                 text = matcher.feed(decoder.feed(self._piece(token)))
                 if text:
+                    text, prefill = prefill + text, ""
                     parts.append(text)
                     on_token(text)
                 if matcher.stopped:
@@ -630,6 +635,7 @@ class LlamaChatModel(ChatModel):
         if finish != "cancelled":
             tail = matcher.feed(decoder.flush()) + matcher.flush()
             if tail:
+                tail, prefill = prefill + tail, ""
                 parts.append(tail)
                 on_token(tail)
         if prompt_evaluated is None:  # stopped during prompt evaluation: all decoding was prompt work

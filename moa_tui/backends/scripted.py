@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class ScriptedModel:
     load_error: str | None = None
     download: list[tuple[str, int]] | None = None  # (filename, total bytes) shown as progress
     notices: list[str] = field(default_factory=list)
+    hold: threading.Event | None = None  # stop before token `hold_at` until it is set: a test looks mid-answer
+    hold_at: int = 0
 
 
 class _RunningScript(ChatModel):
@@ -87,6 +90,10 @@ class _RunningScript(ChatModel):
         for i, token in enumerate(tokens[:limit]):
             if script.fail_after is not None and i >= script.fail_after:
                 raise ModelError(f"{self.model_id}: {script.error}")
+            if script.hold is not None and i == script.hold_at:
+                while not script.hold.wait(0.01):
+                    if cancel.cancelled:
+                        return self._done(out, stats, started, "cancelled")
             if cancel.cancelled:
                 return self._done(out, stats, started, "cancelled")
             if interval:

@@ -63,7 +63,11 @@ def run(options: AskOptions) -> int:
 
 
 class AskPrinter:
-    """Streams the final answer to stdout and, on request, the other models to stderr."""
+    """Streams the final answer to stdout and, on request, the other models to stderr.
+
+    The final model's thinking blocks never reach stdout (`moa ask ... > answer.md` keeps the answer
+    only); with --show-layers they go to stderr. `--json` has them as each answer's `thinking`.
+    """
 
     def __init__(self, *, show_layers: bool, json_mode: bool, parallel: bool) -> None:
         from ..console import ProgressLine
@@ -74,6 +78,8 @@ class AskPrinter:
         self.progress = ProgressLine()
         self._header_for: str | None = None
         self._final_started = False
+        self._final_split = None  # thinking.ThinkingStream of the final model's tokens
+        self._final_thought = False  # its reasoning was written to stderr, and no answer yet
 
     def handle(self, event) -> None:
         from ..events import DownloadProgress, ModelFailed, ModelFinished, Notice, Token, TurnFinished
@@ -95,19 +101,38 @@ class AskPrinter:
 
     def _token(self, event) -> None:
         if event.ref.role == "final":
+            from ..thinking import ThinkingStream
+
             if self.show_layers and self._header_for != event.ref.key:
                 self._header(event.ref)
-            if not self.json_mode:
-                self._final_started = True
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
+            if self._final_split is None:
+                self._final_split = ThinkingStream()
+            for is_thinking, piece in self._final_split.feed(event.text):
+                self._final_piece(is_thinking, piece)
         elif self.show_layers and not self.parallel:
             if self._header_for != event.ref.key:
                 self._header(event.ref)
             sys.stderr.write(event.text)
             sys.stderr.flush()
 
+    def _final_piece(self, is_thinking: bool, piece: str) -> None:
+        if is_thinking:
+            if self.show_layers and piece:
+                sys.stderr.write(piece)
+                sys.stderr.flush()
+                self._final_thought = True
+        elif not self.json_mode:
+            if self._final_thought:  # the reasoning on stderr ends its line before the answer starts
+                sys.stderr.write("\n")
+                self._final_thought = False
+            self._final_started = True
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
     def _finished(self, event) -> None:
+        if event.ref.role == "final" and self._final_split is not None:
+            for is_thinking, piece in self._final_split.flush():  # a held-back end like "<"
+                self._final_piece(is_thinking, piece)
         if not self.show_layers or event.ref.role == "final":
             return
         if self.parallel:

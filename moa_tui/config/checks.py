@@ -165,6 +165,7 @@ SETTING_CHECKS: dict[str, Callable[[Any], Any]] = {
     "n_batch": _positive,
     "flash_attn": boolean,
     "chat_format": text,
+    "thinking": boolean,
     "cpu_repack": _cpu_repack,
     "seed": integer,
     "max_tokens": _positive,

@@ -29,6 +29,7 @@ class ModelSettings:
     n_batch: int = 512
     flash_attn: bool = False
     chat_format: str | None = None
+    thinking: bool = False  # passed to the chat template as enable_thinking (thinking.py)
     cpu_repack: bool | str = "auto"  # True, False or "auto" (backends/cpu_buffers.py says why)
     seed: int | None = None
     max_tokens: int = 512

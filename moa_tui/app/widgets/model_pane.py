@@ -4,6 +4,10 @@ The answer streams into a `MarkdownView`: each write parses and renders only the
 block (see stream_view.py for why not Textual's Markdown widget). All text shown here passes
 through `literal()` first and Markdown is parsed without HTML, so model output can never restyle
 the screen.
+
+A thinking model's reasoning (`<think>…</think>`, see thinking.py) is split off as it streams and
+kept in a folded "thinking" line above the answer; expanding it shows the reasoning (live, while
+the model still thinks). While folded, reasoning costs a string append, nothing is rendered.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from collections.abc import Callable
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
-from textual.widgets import Static
+from textual.widgets import Collapsible, Static
 
 from ...events import DownloadProgress, GenerationStats, ModelFailed, ModelFinished, ModelRef
+from ...thinking import ThinkingStream
 from ...transcript import ModelAnswer
 from ..text import download_text, literal, literal_content, one_line, progress_bar, seconds
 from .stream_view import MarkdownView
@@ -57,7 +62,10 @@ class ModelPane(Vertical, can_focus=True):
         self.clock = clock
         self.state = state
         self.tokens = 0
-        self.text = ""  # what the model wrote, as it wrote it (not yet made literal)
+        self.text = ""  # the answer the model wrote, without thinking blocks (not yet made literal)
+        self.thinking = ""  # what its thinking blocks held
+        self._splitter = ThinkingStream()
+        self._thinking_shown = 0  # characters of `thinking` in the thinking view (filled while expanded)
         self.error: str | None = None
         self.stats: GenerationStats | None = None
         self.notices: list[str] = []
@@ -77,6 +85,8 @@ class ModelPane(Vertical, can_focus=True):
         yield Static(classes="pane-status")
         yield Static(classes="pane-progress")  # a text bar: one widget, not ProgressBar's four
         yield Static(classes="pane-notices")
+        yield Collapsible(MarkdownView(follow=True, classes="pane-thinking-text"), title="thinking",
+                          collapsed=True, classes="pane-thinking")
         # a live answer follows its newest line; a saved one opens at its beginning
         yield MarkdownView(literal(self._initial_text), follow=not self._initial_text, classes="pane-text")
         yield Static(classes="pane-error")
@@ -86,11 +96,22 @@ class ModelPane(Vertical, can_focus=True):
         self._show_state()
         self._show_notices()
         self._show_error()
+        self._show_thinking()
+        if not self.active:
+            self._title_thinking()
         self.refresh_status()
 
     @property
     def view(self) -> MarkdownView:
         return self.query_one(".pane-text", MarkdownView)
+
+    @property
+    def thinking_fold(self) -> Collapsible:
+        return self.query_one(".pane-thinking", Collapsible)
+
+    @property
+    def thinking_view(self) -> MarkdownView:
+        return self.query_one(".pane-thinking-text", MarkdownView)
 
     @property
     def active(self) -> bool:
@@ -124,6 +145,9 @@ class ModelPane(Vertical, can_focus=True):
         self.state = state
         self.tokens = 0
         self.text = self._initial_text = ""
+        had_thinking = bool(self.thinking)
+        self.thinking = ""
+        self._splitter = ThinkingStream()
         self.error = None
         self.stats = None
         self.notices = []
@@ -140,6 +164,11 @@ class ModelPane(Vertical, can_focus=True):
             self._show_notices()
         if had_error:
             self._show_error()
+        if had_thinking:
+            fold = self.thinking_fold
+            fold.collapsed = True
+            fold.title = "thinking"
+            self._show_thinking(replace=True)
         self.refresh_status()
 
     def show_download(self, event: DownloadProgress) -> None:
@@ -156,8 +185,16 @@ class ModelPane(Vertical, can_focus=True):
     def write(self, text: str, count: int) -> None:
         """Append streamed tokens (`count` of them, already joined into `text`)."""
         self.tokens += count
-        self.text += text
-        self.view.append(literal(text))  # it follows the newest line while scrolled to the end
+        thought = False
+        for is_thinking, piece in self._splitter.feed(text):
+            if not is_thinking:
+                self.text += piece
+                self.view.append(literal(piece))  # it follows the newest line while scrolled to the end
+            elif piece:  # (an empty piece marks a stray closing tag: `finish` settles that case)
+                self.thinking += piece
+                thought = True
+        if thought:
+            self._show_thinking()
         if self.state != "generating":
             self.first_token_at = self.clock()
             if self.started_at is None:
@@ -168,13 +205,13 @@ class ModelPane(Vertical, can_focus=True):
 
     def finish(self, event: ModelFinished) -> None:
         self.stats = event.stats
-        self._settle_text(event.text)
+        self._settle_text(event.text, event.thinking)
         self.set_state(event.status)
 
     def fail(self, event: ModelFailed) -> None:
         self.error = event.error
         self.stats = event.stats
-        self._settle_text(event.partial_text)
+        self._settle_text(event.partial_text, event.thinking)
         self._show_error()
         self.set_state("failed")
 
@@ -189,16 +226,24 @@ class ModelPane(Vertical, can_focus=True):
         """Show a saved answer (a past turn); call before mounting."""
         self.text = answer.text
         self._initial_text = answer.text
+        self.thinking = answer.thinking
         self.error = answer.error
         self.stats = answer.stats
         self.tokens = answer.stats.generated_tokens
         self.state = answer.status if answer.status in STATES else "done"
 
-    def _settle_text(self, final_text: str) -> None:
-        """Make the pane show exactly the model's final text (the backend may have trimmed it)."""
-        if final_text and final_text != self.text:
-            self.text = final_text
+    def _settle_text(self, final_text: str, thinking: str = "") -> None:
+        """Make the pane show exactly the model's final answer and thinking (the backend may have
+        trimmed the text; the pipeline's split of the whole text is the one that counts)."""
+        split = bool(thinking) or self._splitter.seen_markup
+        if final_text.strip() != self.text.strip() and (final_text or split):
             self.view.update(literal(final_text))
+        if final_text or split:
+            self.text = final_text
+        if thinking != self.thinking:
+            self.thinking = thinking
+            self._show_thinking(replace=True)
+        self._title_thinking()
         if self.stats is not None and self.stats.generated_tokens:
             self.tokens = self.stats.generated_tokens
 
@@ -214,7 +259,7 @@ class ModelPane(Vertical, can_focus=True):
                 return f"thinking · {seconds(self.clock() - self.started_at)}"
             return "thinking"
         if state == "generating":
-            parts = ["generating", f"{self.tokens} tok"]
+            parts = ["reasoning" if self._splitter.inside else "generating", f"{self.tokens} tok"]
             if self.timings and self.first_token_at is not None:
                 elapsed = self.clock() - self.first_token_at
                 if elapsed > 0 and self.tokens > 1:
@@ -255,6 +300,34 @@ class ModelPane(Vertical, can_focus=True):
         mark = "★ " if self.ref.role == "final" else "▸ "
         summary = Content.styled(literal(f"{mark}{self.ref.model_id} · "), "") + Content.styled(literal(status), style)
         self.query_one(".pane-summary", Static).update(summary, layout=False)
+
+    def _show_thinking(self, replace: bool = False) -> None:
+        """Show the thinking line once there is thinking; fill its view only while it is expanded."""
+        if not self._ready:
+            return
+        fold = self.thinking_fold
+        fold.set_class(bool(self.thinking), "-filled")
+        if replace:
+            self._thinking_shown = 0
+            self.thinking_view.update("")
+        if not fold.collapsed and len(self.thinking) > self._thinking_shown:
+            view = self.thinking_view
+            if not self._thinking_shown:  # live reasoning follows its newest line; finished, it opens at the top
+                view.follow = self.active
+            view.append(literal(self.thinking[self._thinking_shown:]))
+            self._thinking_shown = len(self.thinking)
+
+    def _title_thinking(self) -> None:
+        """The thinking line of a finished answer says how much there is (words: cheap to count once)."""
+        if self._ready and self.thinking:
+            self.thinking_fold.title = f"thinking · {len(self.thinking.split())} words"
+
+    def on_collapsible_expanded(self, event: Collapsible.Expanded) -> None:
+        event.stop()
+        self._show_thinking()
+
+    def on_collapsible_collapsed(self, event: Collapsible.Collapsed) -> None:
+        event.stop()
 
     def _show_notices(self) -> None:
         if self._ready:

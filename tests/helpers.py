@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import statistics
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,31 @@ def write(folder: Path, text: str, name: str = "models.yaml") -> Path:
 def one_model(model: str, top: str = "") -> str:
     """A valid file around one model written in YAML flow style, e.g. `{id: a, source: {path: a.gguf}}`."""
     return f"version: 1\n{top}pipelines:\n  p:\n    layers:\n      - models:\n          - {model}\n"
+
+
+# -- time limits on a shared machine ------------------------------------------------------------------
+
+# Seconds one `_work_unit()` takes on an idle CI machine of this project (2 cores, Python 3.11): the
+# baseline a time limit is relative to. A test's limit is written for such a machine and stretched by
+# how much slower the same Python work runs right now (another job on the cores, a slower CPU).
+QUIET_UNIT_SECONDS = 0.055
+
+
+def _work_unit() -> float:
+    started = time.perf_counter()
+    sum(i * i for i in range(1_000_000))
+    return time.perf_counter() - started
+
+
+def slowdown() -> float:
+    """How many times slower this machine runs Python now than the idle baseline (at least 1).
+
+    Measured, not assumed: the median of three runs of a fixed piece of work, taken when the test
+    asks, so a busy machine gets proportionally more time and an idle one keeps the tight limit.
+    """
+    return max(1.0, statistics.median(_work_unit() for _ in range(3)) / QUIET_UNIT_SECONDS)
+
+
+def within(seconds: float) -> float:
+    """A time limit of `seconds` on an idle machine, stretched by the slowdown measured now."""
+    return seconds * slowdown()

@@ -29,7 +29,7 @@ from moa_tui.app.widgets.turn_view import LayerColumn
 from moa_tui.backends.scripted import ScriptedModel, ScriptedProvider
 from moa_tui.transcript import load_conversation, transcripts_dir
 
-from .helpers import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG, within
 
 YAML = """
     version: 1
@@ -128,8 +128,9 @@ async def finish_turn(pilot, timeout: float = 10.0) -> None:
 
 
 async def test_pane_states_through_a_turn(config):
+    first_token = threading.Event()  # "a" waits before its first token until the test saw it thinking
     scripts = {
-        "a": ScriptedModel("Alpha **answer** here.", first_token_delay=0.3, tokens_per_second=20),
+        "a": ScriptedModel("Alpha **answer** here.", tokens_per_second=5, hold=first_token, hold_at=0),
         "b": ScriptedModel("Beta answer.", load_delay=0.3),
         "final": ScriptedModel("The *final* reply:\n\n- one\n- two\n"),
     }
@@ -143,6 +144,7 @@ async def test_pane_states_through_a_turn(config):
         view = panes(app)
         assert view["b"].state == "queued" and view["agg"].state == "queued" and view["final"].state == "queued"
         assert view["a"].status_text().startswith("thinking")
+        first_token.set()
         await wait_until(lambda: panes(app)["a"].state == "generating", what="a generating")
         assert "generating" in panes(app)["a"].status_text() and "tok" in panes(app)["a"].status_text()
         await wait_until(lambda: panes(app)["b"].state == "loading", what="b loading")
@@ -294,14 +296,15 @@ async def test_escape_cancels_every_model_within_half_a_second(config):
     async with app.run_test(size=(120, 40)) as pilot:
         await send(pilot, "long please")
         await wait_until(lambda: panes(app)["a"].tokens >= 3, what="a few tokens")
+        stop_within, end_within = within(0.5), within(2)
         await pilot.press("escape")
         pressed = time.monotonic()
         took = await wait_until(
-            lambda: all(p.state in ("cancelled", "done", "failed") for p in panes(app).values()), 0.5,
+            lambda: all(p.state in ("cancelled", "done", "failed") for p in panes(app).values()), stop_within,
             "every pane to stop")
-        assert took <= 0.5
-        await finish_turn(pilot, timeout=2)
-        assert time.monotonic() - pressed < 2
+        assert took <= stop_within
+        await finish_turn(pilot, timeout=end_within)
+        assert time.monotonic() - pressed < end_within
         view = panes(app)
         assert view["a"].state == "cancelled" and view["a"].text.strip() and view["a"].text in LONG
         assert "cancelled" in view["a"].status_text()
@@ -766,10 +769,11 @@ async def test_ctrl_q_cancels_the_turn_waits_and_releases_the_models(config):
         await send(pilot, "long")
         await wait_until(lambda: panes(app)["a"].tokens >= 2, what="tokens")
         worker = app._turn_worker
+        limit = within(2)
         started = time.monotonic()
         await pilot.press("ctrl+q")
-        await wait_until(lambda: app._exit, 2, "the app to exit")
-        assert time.monotonic() - started < 2
+        await wait_until(lambda: app._exit, limit, "the app to exit")
+        assert time.monotonic() - started < limit
     assert worker.is_finished and app._turn_done.is_set()
     assert app.pipeline.provider.closed
     saved = load_conversation(transcripts_dir() / f"{app.conversation.id}.json")

@@ -28,7 +28,7 @@ from moa_tui.pipeline import MoAPipeline
 from moa_tui.prompts import REFERENCES_HEADER
 from moa_tui.transcript import load_conversation, new_conversation
 
-from .helpers import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG, within
 
 
 class RecordingLoader:
@@ -200,6 +200,7 @@ def test_cancel_mid_turn_keeps_partial_answer(smol_config):
     pipeline = MoAPipeline(smol_config(max_tokens=400))
     cancel = CancelToken()
     events, cancelled_at = [], None
+    limit = within(0.5)
     try:
         for event in pipeline.run_turn(new_conversation("smol"), "Write a long story about a cat.", cancel):
             events.append(event)
@@ -207,7 +208,7 @@ def test_cancel_mid_turn_keeps_partial_answer(smol_config):
                 cancelled_at = time.perf_counter()
                 cancel.cancel()
             if isinstance(event, ModelFinished) and event.status == "cancelled" and cancelled_at:
-                assert time.perf_counter() - cancelled_at < 0.5
+                assert time.perf_counter() - cancelled_at < limit
     finally:
         pipeline.close()
     finished = events[-1]

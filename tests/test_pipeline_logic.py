@@ -18,6 +18,8 @@ from moa_tui.pipeline import MoAPipeline
 from moa_tui.prompts import REFERENCES_HEADER
 from moa_tui.transcript import load_conversation, new_conversation
 
+from .helpers import within
+
 YAML = """
     version: 1
     default_pipeline: three
@@ -112,12 +114,13 @@ def test_cancel_stops_every_running_model_within_half_a_second(three, parallel):
     provider = ScriptedProvider({"a": slow, "b": slow})
     pipeline = MoAPipeline(three(parallel), provider=provider)
     events = []
+    limit = within(0.5)
     threading.Timer(0.3, cancel.cancel).start()
     started = time.perf_counter()
     for event in pipeline.run_turn(new_conversation("three"), "q", cancel):
         events.append(event)
     took = time.perf_counter() - started
-    assert took < 0.3 + 0.5
+    assert took < 0.3 + limit
     finished = [e for e in events if isinstance(e, ModelFinished)]
     assert finished and all(e.status == "cancelled" for e in finished)
     assert any(e.text for e in finished)  # partial text is kept

@@ -21,6 +21,8 @@ from moa_tui.config import EndpointSource, ModelSettings, ModelSpec
 from tests.llama_server import MODEL_ALIAS, LlamaServer, free_port
 from tests.llama_server import llama_server as llama_server  # the module-scoped server fixture
 
+from .helpers import within
+
 QUESTION = [
     Message("system", "You are a helpful assistant."),
     Message("user", "Write a long story about a dragon who learns to cook."),
@@ -92,12 +94,13 @@ def test_cancel_mid_stream_returns_fast_with_the_partial_text(llama_server):
         if len(tokens) >= 3:
             started.set()
 
+    limit = within(0.5)
     thread, box = run_in_thread(remote(llama_server), cancel, on_token, max_tokens=400)
     assert started.wait(30)
     cancelled_at = time.perf_counter()
     cancel.cancel()
     thread.join(5)
-    assert time.perf_counter() - cancelled_at < 0.5
+    assert time.perf_counter() - cancelled_at < limit
     result = box["result"]
     assert result.cancelled and result.stats.finish_reason == "cancelled"
     assert result.text == "".join(tokens) and len(tokens) >= 3
@@ -112,10 +115,11 @@ def test_cancel_while_queued_behind_another_request_returns_fast(llama_server):
     thread, box = run_in_thread(remote(llama_server), cancel, tokens.append, max_tokens=8)
     time.sleep(0.3)
     assert thread.is_alive()  # waiting for the busy server
+    limit = within(0.5)
     cancelled_at = time.perf_counter()
     cancel.cancel()
     thread.join(5)
-    assert time.perf_counter() - cancelled_at < 0.5
+    assert time.perf_counter() - cancelled_at < limit
     assert box["result"].cancelled and box["result"].text == "" and tokens == []
     busy_cancel.cancel()
     busy.join(5)

@@ -94,6 +94,7 @@ class _RunningScript(ChatModel):
                 while not script.hold.wait(0.01):
                     if cancel.cancelled:
                         return self._done(out, stats, started, "cancelled")
+                next_at = time.perf_counter()  # the pace starts again from the release
             if cancel.cancelled:
                 return self._done(out, stats, started, "cancelled")
             if interval:

@@ -38,12 +38,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, EndpointSource, MemoryBudget, ModelSettings, Pipeline
+from .config import EndpointSource, ModelSettings, Pipeline
 
 GB = 1_000_000_000  # sizes are decimal, like every size moa-tui shows
-MARGIN_FRACTION = 0.10
-RAM_MARGIN_MIN = 1 * GB
-VRAM_MARGIN_MIN = 512 * 1_000_000
 
 # Bounds of the KV snapshots one loaded model keeps per role (backends/llama.py `SessionStates` keeps
 # them; the plan counts them). A snapshot is the KV cache of the tokens it holds: SmolLM2-135M takes
@@ -554,81 +551,3 @@ def _plan_notes(result: Plan, pipeline: Pipeline) -> None:
                 f"parallel layers split the {budget.cpu_count} CPU cores between the models running at once "
                 "(threads column), set before each answer without reloading; when one is done, those still "
                 "answering take its cores")
-
-
-# -- real inputs --------------------------------------------------------------------------------
-
-
-def model_sizes(pipeline: Pipeline, paths: Mapping[str, str] | None = None) -> dict[str, ModelSize | Unknown]:
-    """Sizes of the pipeline's local models from the files on disk; nothing is downloaded.
-
-    paths: files already resolved for some spec ids (the pool knows them after a download).
-    """
-    from .gguf import GGUFError
-    from .models import local_status
-
-    sizes: dict[str, ModelSize | Unknown] = {}
-    cache: dict[tuple, ModelSize | Unknown] = {}
-    for spec in pipeline.all_models():
-        if isinstance(spec.source, EndpointSource):
-            continue
-        path, file_size = (paths or {}).get(spec.id), None
-        if path is None:
-            status = local_status(spec)
-            if not status.on_disk or status.path is None:
-                sizes[spec.id] = Unknown()
-                continue
-            path, file_size = str(status.path), status.size
-        key = (path, load_settings(spec.settings))
-        if key not in cache:
-            try:
-                cache[key] = ModelSize.of_file(path, spec.settings, file_size)
-            except (GGUFError, OSError) as exc:
-                cache[key] = Unknown(f"unreadable ({exc})")
-        sizes[spec.id] = cache[key]
-    return sizes
-
-
-def _margin(free: int, minimum: int) -> int:
-    return max(minimum, int(free * MARGIN_FRACTION))
-
-
-def detect_budget(memory: MemoryBudget | None = None, *, gpu_offload: bool | None = None,
-                  ram_free: int | None = None, vram_free: int | None = None) -> Budget:
-    """The budget from `memory:` in models.yaml, or what is free now minus a margin."""
-    from .sysmem import available_memory, free_vram, gpu_offload_available
-
-    memory = memory or MemoryBudget()
-    offload = gpu_offload_available() if gpu_offload is None else gpu_offload
-    if memory.ram_gb is not None:
-        ram, ram_source = int(memory.ram_gb * GB), "memory.ram_gb in models.yaml"
-    else:
-        free = ram_free if ram_free is not None else available_memory()
-        if free is None:
-            ram, ram_source = None, "free memory unknown: not checked"
-        else:
-            margin = _margin(free, RAM_MARGIN_MIN)
-            ram = max(0, free - margin)
-            ram_source = f"{_size(free)} free now minus a {_size(margin)} margin"
-    if not offload:
-        vram = None
-        vram_source = "no GPU offload in this llama.cpp build" + (
-            " (memory.vram_gb ignored)" if memory.vram_gb is not None else "")
-    elif memory.vram_gb is not None:
-        vram, vram_source = int(memory.vram_gb * GB), "memory.vram_gb in models.yaml"
-    else:
-        free = vram_free if vram_free is not None else free_vram()
-        if free is None:
-            vram, vram_source = None, "free GPU memory unknown (set memory.vram_gb)"
-        else:
-            margin = _margin(free, VRAM_MARGIN_MIN)
-            vram = max(0, free - margin)
-            vram_source = f"{_size(free)} free now minus a {_size(margin)} margin"
-    return Budget(ram, vram, offload, os.cpu_count() or 1, ram_source, vram_source)
-
-
-def build_plan(config: Config, pipeline: Pipeline | str | None = None, *, budget: Budget | None = None,
-               paths: Mapping[str, str] | None = None) -> Plan:
-    """The plan of a pipeline of `config` (default pipeline when None) from the files on disk."""
-    chosen = pipeline if isinstance(pipeline, Pipeline) else config.pipeline(pipeline)
-    return plan(chosen, model_sizes(chosen, paths), budget or detect_budget(config.memory))

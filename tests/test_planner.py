@@ -21,8 +21,9 @@ from moa_tui.backends.pool import ModelPool
 from moa_tui.config import ModelSettings, load_config
 from moa_tui.events import ModelRef, Notice, TurnFinished
 from moa_tui.pipeline import MoAPipeline
+from moa_tui.plan_inputs import build_plan, detect_budget
 from moa_tui.plan_text import render_plan
-from moa_tui.planner import GB, Budget, ModelSize, Unknown, build_plan, detect_budget, plan
+from moa_tui.planner import GB, Budget, ModelSize, Unknown, plan
 from moa_tui.transcript import new_conversation
 
 from .helpers import SHIPPED_CONFIG

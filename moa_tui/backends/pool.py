@@ -118,7 +118,8 @@ class ModelPool(ModelProvider):
             if self._pipeline is None:
                 return None
             if self._plan is None and not self._plan_failed:
-                from ..planner import model_sizes, plan
+                from ..plan_inputs import model_sizes
+                from ..planner import plan
 
                 paths = {spec_id: info.path for spec_id, info in self._files.items() if info.path}
                 try:
@@ -131,7 +132,7 @@ class ModelPool(ModelProvider):
     def _fixed_budget(self) -> Budget:
         """The budget, measured once: later, free memory no longer counts the models loaded by then."""
         if self._budget is None:
-            from ..planner import detect_budget
+            from ..plan_inputs import detect_budget
 
             self._budget = detect_budget(self._memory)
         return self._budget

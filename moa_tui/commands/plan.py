@@ -21,8 +21,8 @@ class PlanOptions:
 
 def run(options: PlanOptions) -> int:
     """Print the plan of the pipeline (the default one when none is named); exit 1 when a model cannot fit."""
+    from ..plan_inputs import build_plan
     from ..plan_text import render_plan
-    from ..planner import build_plan
 
     config, _ = load_config(options.config)
     pipeline = config.pipeline(options.pipeline)

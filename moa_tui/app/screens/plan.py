@@ -9,8 +9,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from ...config import Config, Pipeline
+from ...plan_inputs import build_plan
 from ...plan_text import plan_details, plan_table
-from ...planner import Plan, build_plan
+from ...planner import Plan
 from ..text import literal_content
 
 

@@ -395,7 +395,8 @@ def _asks_yes_no(question: str) -> bool:
 
 def expected_answer(question: str) -> Expected:
     """What the question asks for, in this order: lettered options, listed options, yes/no, two
-    alternatives ("red or blue?"), a number (the question asks "how many", shows arithmetic, names a unit...), else a short phrase."""
+    alternatives ("red or blue?"), a number (the question asks "how many", shows arithmetic, names
+    a unit...), else a short phrase."""
     lettered = _lettered_options(question)
     if lettered:
         return Expected("option", lettered, lettered=True)

@@ -315,7 +315,7 @@ _NUMBER_CUE = re.compile(
     r"|\bwhat\s+(?:number|year|temperature|percentage|percent|age)\b"
     r"|\b(?:calculate|compute|sum|product|total|average|digits?)\b|\bnumber\b"
     r"|\d\s*(?:[-+*/×÷^x]|times|plus|minus|multiplied|divided)\s*\(?\d"
-    r"|\bwhat\s+is\s+-?\d|%"
+    r"|\bwhat\s+is\s+-?\d|%|\b(?:half|double|twice|triple|a\s+quarter|a\s+third)\s+of\b"
     r"|\bin\s+(?:degrees|cents|dollars|euros|pounds|kilo\w*|miles|met(?:re|er)s|square|minutes|hours|seconds"
     r"|days|weeks|months|years)\b",
     re.IGNORECASE,

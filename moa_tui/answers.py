@@ -430,25 +430,35 @@ def _phrase(text: str) -> str:
 
 
 def _echoes(phrase: str, question: str) -> bool:
-    """Whether the phrase only repeats a stretch of the question ("capital of france")."""
-    return f" {phrase} " in f" {' '.join(_ARTICLE.sub('', w) for w in phrase_tokens(question))} "
+    """Whether the phrase only repeats a stretch of two or more of the question's words ("capital of
+    france"); one word may well be the answer ("second" to "... overtake the person in second place")."""
+    return len(phrase.split()) > 1 and f" {phrase} " in f" {' '.join(phrase_tokens(question))} "
+
+
+def _new_words(phrase: str, question: str) -> str:
+    """The phrase's words that the question does not have ("first place" -> "first"), or "" if none."""
+    asked = set(phrase_tokens(question))
+    return " ".join(w for w in phrase.split() if w not in asked)
 
 
 def _line_phrases(line: str, question: str) -> list[str]:
-    """Short answers a line may hold: "X is Y" gives Y, or X when Y only repeats the question; then the line."""
+    """Short answers a line may hold: "X is Y" gives Y, or X when Y only repeats the question and X
+    says something new ("Paris is the capital of France"); then the whole line."""
     out = []
     for sep in (":", " is ", " are ", " was ", "="):
         if sep in line:
             left, right = (_phrase(part) for part in line.rsplit(sep, 1))
-            out.append(left if _echoes(right, question) and not _echoes(left, question) else right)
+            out.append(left if _echoes(right, question) and _new_words(left, question) else right)
             break
     out.append(_phrase(line))
     return out
 
 
 def final_phrase(reply: str, question: str) -> str | None:
-    """A short normalised phrase the reply answers with (after "the answer is", else on its last or
-    first line), None when every candidate is long or only repeats the question."""
+    """A short phrase the reply answers with: after "the answer is", else on its last or first line
+    ("X is Y" read as Y). Of a phrase that also repeats question words only the new words are kept,
+    so "It's first place" and "first" agree on "first"; a phrase of question words only stays whole
+    ("blue green red" reversing "red green blue"). None when every candidate is long or an echo."""
     text = strip_echo(clean_chars(reply), question).replace("*", "")
     candidates = []
     marks = list(ANSWER_MARK.finditer(text))
@@ -460,7 +470,7 @@ def final_phrase(reply: str, question: str) -> str | None:
         candidates.extend(_line_phrases(line, question))
     for phrase in candidates:
         if 1 <= len(phrase.split()) <= MAX_PHRASE_WORDS and not _echoes(phrase, question):
-            return phrase
+            return _new_words(phrase, question) or phrase
     return None
 
 

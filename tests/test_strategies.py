@@ -26,6 +26,7 @@ ITALY = "Which city is the capital of Italy? (A) Paris (B) Rome (C) Madrid"
 SUN = "Is the Sun a star? Answer yes or no."
 FRANCE = "What is the capital of France?"
 SKY = "Why is the sky blue?"
+RACE = "You are running a race and you overtake the person in second place. What place are you in now?"
 
 
 # -- reading final answers ------------------------------------------------------------------------
@@ -130,9 +131,27 @@ def test_yes_no(reply, expected):
     ("Reverse this sequence: 3 8 1 5", "Sure! Here it is reversed:\n\n5 1 8 3", "5 1 8 3"),
     ("Write these words in reverse order: red green blue", "blue green red", "blue green red"),
     ("If yesterday was Monday, what day is tomorrow?", "Tomorrow is Wednesday.", "wednesday"),
+    (RACE, "second", "second"),  # one word of the question may be the answer
+    (RACE, "You are now in first place.", "first"),  # question words dropped from a phrase
+    (RACE, "First place!", "first"),
 ])
 def test_short_phrases(question, reply, expected):
     assert final_answer(reply, question) == expected
+
+
+def test_every_builtin_gold_answer_reads_as_itself():
+    """Each shipped eval question asks for the kind its scoring expects, and its gold answer is readable."""
+    from moa_tui.evaluate import BUILTIN_DATASET, load_dataset
+
+    for item in load_dataset(BUILTIN_DATASET):
+        expected = expected_answer(item.question)
+        got = final_answer(str(item.answer), item.question, expected)
+        if item.scoring == "number":
+            assert (expected.kind, got) == ("number", answers.format_number(float(item.answer))), item.id
+        elif item.scoring == "choice" and set(item.choices) == {"yes", "no"}:
+            assert (expected.kind, got) == ("option", item.answer), item.id
+        else:
+            assert got == " ".join(answers.phrase_tokens(str(item.answer))), item.id
 
 
 # -- similarity -----------------------------------------------------------------------------------

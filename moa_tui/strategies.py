@@ -109,11 +109,14 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", clean_chars(text).lower()))
 
 
-def similarity(a: str, b: str) -> Fraction:
-    """Jaccard index of the two texts' word sets (0 when neither has a word)."""
-    x, y = _words(a), _words(b)
+def _jaccard(x: frozenset[str], y: frozenset[str]) -> Fraction:
     union = len(x | y)
     return Fraction(len(x & y), union) if union else Fraction(0)
+
+
+def similarity(a: str, b: str) -> Fraction:
+    """Jaccard index of the two texts' word sets (0 when neither has a word)."""
+    return _jaccard(_words(a), _words(b))
 
 
 def centrality(texts: Mapping[int, str]) -> dict[int, Fraction]:
@@ -121,7 +124,7 @@ def centrality(texts: Mapping[int, str]) -> dict[int, Fraction]:
     words = {i: _words(t) for i, t in texts.items()}
     out = {}
     for i, x in words.items():
-        others = [Fraction(len(x & y), len(x | y)) if x | y else Fraction(0) for j, y in words.items() if j != i]
+        others = [_jaccard(x, y) for j, y in words.items() if j != i]
         out[i] = sum(others, Fraction(0)) / len(others) if others else Fraction(0)
     return out
 
@@ -219,7 +222,8 @@ def _votes_line(t: _Tally) -> str:
              f"{_show(first.answer, t.expected)}"]
     parts += [f"{g.votes} {_say(g.votes)} {_show(g.answer, t.expected)}" for g in t.groups[1:3]]
     if len(t.groups) > 3:
-        parts.append(f"{len(t.groups) - 3} other answers")
+        rest = sum(g.votes for g in t.groups[3:])
+        parts.append(f"{rest} {_say(rest)} something else")
     notes = []
     unclear = sum(1 for k in t.keys.values() if k is None)
     if unclear:
@@ -234,7 +238,7 @@ def _failed(method: str, t: _Tally, total: int) -> Decision:
     return Decision(method, "all-failed", None, None, None, (), total, t.failed, 0.0, f"{what}; nothing to choose")
 
 
-def _decide(method: str, t: _Tally, total: int, answers: Mapping[int, str]) -> Decision:
+def _decide(method: str, t: _Tally, total: int) -> Decision:
     """The vote's decision on a tally (also select's fallback)."""
     index, rule = t.winner()
     if index is None:
@@ -247,7 +251,7 @@ def _decide(method: str, t: _Tally, total: int, answers: Mapping[int, str]) -> D
         why = f"no final answer to count in {n} answers; picked answer {index + 1}, the most similar to the others"
     else:
         why = f"{_votes_line(t)}{t.tie_note()}; picked answer {index + 1} ({confidence:.0%})"
-    return Decision(method, rule, answers[index], index, t.keys[index], t.groups, total, t.failed, confidence, why)
+    return Decision(method, rule, t.texts[index], index, t.keys[index], t.groups, total, t.failed, confidence, why)
 
 
 # -- vote -----------------------------------------------------------------------------------------
@@ -256,7 +260,7 @@ def _decide(method: str, t: _Tally, total: int, answers: Mapping[int, str]) -> D
 def vote(question: str, answers: Sequence[Answer]) -> Decision:
     """The answer most answers agree on (no model call); the medoid when none gives a final answer."""
     t = _tally(question, list(enumerate(answers)))
-    return _decide("vote", t, len(answers), t.texts)
+    return _decide("vote", t, len(answers))
 
 
 # -- select ---------------------------------------------------------------------------------------
@@ -323,10 +327,10 @@ class Ballot:
         """The answer the reply names, verbatim; a reply that names none falls back to `vote`."""
         t = _tally(self.question, list(enumerate(self.answers)))
         if not self.needs_model:
-            return _decide("select", t, len(self.answers), t.texts)
+            return _decide("select", t, len(self.answers))
         pick = read_pick(reply, self.numbers) if reply else None
         if pick is None:
-            voted = _decide("select", t, len(self.answers), t.texts)
+            voted = _decide("select", t, len(self.answers))
             heard = " ".join((reply or "").split())
             heard = heard if len(heard) <= _SHOWN_MAX else heard[:_SHOWN_MAX - 1] + "…"
             what = f"the selector's reply named no answer ({heard!r})" if heard else "the selector gave no reply"

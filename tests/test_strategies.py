@@ -179,6 +179,11 @@ def test_vote_majority_over_different_spellings():
     assert d.explanation == f"3 of 4 answers say 1200, 1 says 900; picked answer {d.index + 1} (75%)"
 
 
+def test_vote_explanation_sums_up_small_groups():
+    d = vote(APPLES, ["1", "2", "3", "4", "5", "5"])
+    assert d.explanation == "2 of 6 answers say 5, 1 says 1, 1 says 2, 2 say something else; picked answer 5 (33%)"
+
+
 def test_vote_returns_the_most_central_answer_of_the_winning_group():
     replies = ["1200", "He has 1200 apples in all", "1200 apples in all", "He has 900 apples in all"]
     d = vote(APPLES, replies)

@@ -141,7 +141,7 @@ def test_short_phrases(question, reply, expected):
 
 def test_every_builtin_gold_answer_reads_as_itself():
     """Each shipped eval question asks for the kind its scoring expects, and its gold answer is readable."""
-    from moa_tui.evaluate import BUILTIN_DATASET, load_dataset
+    from moa_tui.eval_dataset import BUILTIN_DATASET, load_dataset
 
     for item in load_dataset(BUILTIN_DATASET):
         expected = expected_answer(item.question)
@@ -397,7 +397,7 @@ def test_select_grammar_parses_and_constrains_a_real_reply(smollm2_model):
         if sampler:
             llama_cpp.llama_sampler_free(sampler)
 
-    tokens, _ = smollm2_model._tokenize([Message("user", ballot.prompt)])
+    tokens, *_ = smollm2_model._tokenize([Message("user", ballot.prompt)])
     grammar = llama_cpp.LlamaGrammar.from_string(ballot.grammar)
     picks = []
     for seed in (1, 2, 3):
@@ -421,7 +421,7 @@ def real_answers(smollm2_model):
     """Five answers per question from SmolLM2: greedy, then four sampled with different seeds."""
     from moa_tui.backends.base import CancelToken, Message
     from moa_tui.config import ModelSettings
-    from moa_tui.evaluate import BUILTIN_DATASET, load_dataset
+    from moa_tui.eval_dataset import BUILTIN_DATASET, load_dataset
 
     items = {item.id: item for item in load_dataset(BUILTIN_DATASET)}
     runs = [(0.0, 0), (0.8, 1), (0.8, 2), (1.0, 3), (1.0, 4)]

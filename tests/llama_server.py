@@ -104,8 +104,9 @@ class LlamaServer:
         request = urllib.request.Request(f"{self.endpoint}/models")
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy in the env
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
+            with direct.open(request, timeout=2) as response:
                 return [m["id"] for m in json.load(response)["data"]]
         except (OSError, ValueError, KeyError):
             return None

@@ -282,7 +282,8 @@ def test_malformed_events_are_a_clear_error_keeping_the_partial_text(stub):
 
 def test_a_page_that_is_not_an_event_stream_is_malformed(stub):
     server = stub(lambda h, _b: send(h, 200, b"<html>proxy login</html>\n", "text/html"))
-    with pytest.raises(ModelError, match="malformed server-sent events: unexpected line '<html>proxy login</html>'"):
+    with pytest.raises(ModelError, match="malformed server-sent events: the answer is text/html, not "
+                                         "text/event-stream: '<html>proxy login</html>'"):
         remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
 
 

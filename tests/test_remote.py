@@ -2,15 +2,21 @@
 
 Stubs (a few lines of http.server) only stand in for what the real server cannot be made to do:
 malformed events, a silent stall, a non-streamed answer, an error status other than 401/404.
+Proxies: a real forwarding proxy on loopback (tests/http_proxy.py) carries the requests when
+HTTP_PROXY names it; every other test keeps loopback out of any proxy the environment sets.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +24,7 @@ from moa_tui.backends.base import CancelToken, Message, ModelError
 from moa_tui.backends.llama import LlamaChatModel
 from moa_tui.backends.openai_http import RemoteChatModel, RemoteModelError, estimate_tokens, open_remote
 from moa_tui.config import BUILTIN_DEFAULTS, EndpointSource, ModelSettings, ModelSpec
+from tests.http_proxy import LoopbackProxy
 from tests.llama_server import MODEL_ALIAS, LlamaServer, free_port
 from tests.llama_server import llama_server as llama_server  # the module-scoped server fixture
 
@@ -25,6 +32,27 @@ QUESTION = [
     Message("system", "You are a helpful assistant."),
     Message("user", "Write a long story about a dragon who learns to cook."),
 ]
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def loopback_bypasses_proxies(monkeypatch):
+    """A proxy set in the environment (HTTP_PROXY...) must not carry these loopback requests."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
+def use_proxy(monkeypatch, url: str, no_proxy: str = "") -> None:
+    """Proxy settings exactly as given: `url` for http:// and https://, nothing else from the environment."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", url)
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    if no_proxy:
+        monkeypatch.setenv("NO_PROXY", no_proxy)
 
 
 def settings(**overrides) -> ModelSettings:
@@ -184,6 +212,74 @@ def test_api_keys_against_a_server_that_requires_one(monkeypatch):
         result = remote(server.endpoint, api_key_env="MOA_TEST_GOOD_KEY").chat(
             QUESTION, settings(max_tokens=2), CancelToken(), lambda _t: None)
         assert result.text and result.stats.finish_reason == "length"
+
+
+# -- proxies from the environment ------------------------------------------------------------------
+
+
+def test_streams_through_a_proxy_on_loopback_and_cancels_through_it(llama_server, monkeypatch):
+    """HTTP_PROXY carries every request (counting and chat); a cancel still interrupts a blocked read."""
+    with LoopbackProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url)
+        model = remote(llama_server)
+        counted = model.count_tokens(QUESTION)
+        tokens: list[str] = []
+        result = model.chat(QUESTION, settings(max_tokens=8), CancelToken(), tokens.append)
+        assert result.text.strip() and "".join(tokens) == result.text and result.stats.finish_reason == "length"
+        assert result.stats.prompt_tokens == counted > 0
+        assert f"POST {llama_server}/chat/completions" in proxy.requests
+        assert f"POST {llama_server.removesuffix('/v1')}/extras/tokenize/count" in proxy.requests
+
+        # A request queued behind a long answer gets nothing until that answer ends (400 tokens: far
+        # longer than the join below); cancelling it must shut its socket to the proxy at once.
+        busy_cancel, busy_started = CancelToken(), threading.Event()
+        busy, _ = run_in_thread(remote(llama_server), busy_cancel, lambda _t: busy_started.set(), max_tokens=400)
+        assert busy_started.wait(30)
+        cancel, queued_tokens = CancelToken(), []
+        thread, box = run_in_thread(model, cancel, queued_tokens.append, max_tokens=8)
+        time.sleep(0.3)
+        assert thread.is_alive()  # waiting for the busy server
+        cancel.cancel()
+        thread.join(5)
+        assert not thread.is_alive() and busy.is_alive()
+        assert box["result"].cancelled and box["result"].text == "" and queued_tokens == []
+        busy_cancel.cancel()
+        busy.join(5)
+        assert proxy.requests.count(f"POST {llama_server}/chat/completions") == 3
+
+
+@pytest.mark.parametrize(("host", "no_proxy"), [("127.0.0.1", "127.0.0.1"), ("localhost", "example.com,localhost"),
+                                               ("127.0.0.1", "*")])
+def test_no_proxy_sends_loopback_requests_directly(stub, monkeypatch, host, no_proxy):
+    server = stub(lambda h, _b: send(h, 200, chunk("Hi", "stop"), "text/event-stream"))
+    with LoopbackProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url, no_proxy=no_proxy)
+        endpoint = server.endpoint.replace("127.0.0.1", host)
+        result = remote(endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert result.text == "Hi" and len(server.requests) == 1 and proxy.requests == []
+
+
+def test_a_proxy_that_is_down_is_named_with_what_to_do(monkeypatch):
+    proxy = f"127.0.0.1:{free_port()}"
+    use_proxy(monkeypatch, f"http://{proxy}")
+    with pytest.raises(ModelError) as info:
+        remote(f"http://127.0.0.1:{free_port()}/v1").chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert f"cannot get through the proxy {proxy} (Connection refused); check HTTPS_PROXY / HTTP_PROXY, or add " \
+           f"this host to NO_PROXY" in str(info.value)
+
+
+# -- start-up -----------------------------------------------------------------------------------------
+
+
+def test_moa_help_and_the_pipeline_do_not_import_the_http_client():
+    """httpx2 (about 0.2 s to import, and its TLS setup) loads only when a pipeline uses an endpoint."""
+    code = ("import contextlib, io, sys, moa_tui.pipeline, moa_tui.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    moa_tui.cli.main(['--help'])\n"
+            "print(sorted(m for m in ('httpx2', 'moa_tui.backends.openai_http') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.stdout.strip() == "[]"
 
 
 # -- failures without a server ----------------------------------------------------------------------

@@ -22,7 +22,8 @@ import pytest
 
 from moa_tui.backends.base import CancelToken, Message, ModelError
 from moa_tui.backends.llama import LlamaChatModel
-from moa_tui.backends.openai_http import RemoteChatModel, RemoteModelError, estimate_tokens, open_remote
+from moa_tui.backends.openai_http import RemoteChatModel, RemoteModelError, open_remote
+from moa_tui.backends.remote_tokens import estimate_tokens
 from moa_tui.config import BUILTIN_DEFAULTS, EndpointSource, ModelSettings, ModelSpec
 from tests.http_proxy import LoopbackProxy
 from tests.llama_server import MODEL_ALIAS, LlamaServer, free_port
@@ -109,7 +110,7 @@ def test_count_tokens_uses_the_servers_tokenizer(llama_server, smollm2_path):
     finally:
         local.close()
     assert abs(model.count_tokens(odd) - estimate_tokens(odd)) > 10
-    assert model._tokenizer == "llama_cpp.server"
+    assert model.counter.route == "llama_cpp.server"
 
 
 def test_cancel_mid_stream_returns_fast_with_the_partial_text(llama_server):
@@ -318,6 +319,7 @@ class Stub:
 
     def __init__(self, respond: Callable[[BaseHTTPRequestHandler, dict], None]) -> None:
         self.requests: list[tuple[dict, dict]] = []  # (headers, JSON body)
+        self.paths: list[tuple[str, dict]] = []  # (path below the server root, JSON body)
         self.release = threading.Event()  # ends stalled handlers at teardown
         stub = self
 
@@ -325,6 +327,7 @@ class Stub:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append((dict(self.headers), body))
+                stub.paths.append((self.path.removeprefix("/v1"), body))
                 respond(self, body)
 
             def log_message(self, *_args) -> None:
@@ -412,6 +415,36 @@ def test_a_silent_server_hits_the_read_timeout(stub):
         remote(server.endpoint, read_timeout=0.5).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
     assert time.perf_counter() - started < 3
     assert info.value.partial_text == "Hi"
+
+
+def test_count_tokens_on_llama_server_vllm_and_servers_without_a_tokenizer(stub):
+    """The llama-server and vLLM tokenize routes as those servers answer them; a server without any
+    (Ollama) is estimated and asked no more; one that fails to answer is estimated for a while."""
+    def json_answer(handler: BaseHTTPRequestHandler, answers: dict[str, dict]) -> None:
+        path = handler.path
+        if path in answers:
+            send(handler, 200, json.dumps(answers[path]).encode(), "application/json")
+        else:
+            send(handler, 404, b"not found", "text/plain")
+
+    llama_server = stub(lambda h, _b: json_answer(h, {"/apply-template": {"prompt": "<s>a prompt"},
+                                                      "/tokenize": {"tokens": [1, 2, 3, 4, 5, 6, 7]}}))
+    vllm = stub(lambda h, _b: json_answer(h, {"/tokenize": {"count": 11, "max_model_len": 4096}}))
+    ollama = stub(lambda h, _b: json_answer(h, {}))
+    busy = stub(lambda h, _b: send(h, 503, b"busy", "text/plain"))
+    counts = {}
+    for name, server in (("llama-server", llama_server), ("vllm", vllm), ("none", ollama), ("busy", busy)):
+        model = remote(server.endpoint)
+        counts[name] = (model.count_tokens(QUESTION), model.count_tokens(QUESTION[:1]), model.counter.route)
+    assert counts["llama-server"] == (7, 7, "llama-server")
+    assert counts["vllm"] == (11, 11, "vllm")
+    assert counts["none"] == (estimate_tokens(QUESTION), estimate_tokens(QUESTION[:1]), "none")
+    assert counts["busy"] == (estimate_tokens(QUESTION), estimate_tokens(QUESTION[:1]), None)
+    assert [p for p, _ in vllm.paths] == ["/apply-template", "/extras/tokenize/count", "/tokenize", "/tokenize"]
+    assert [p for p, _ in llama_server.paths] == ["/apply-template", "/tokenize"] * 2
+    assert len(ollama.paths) == 3 and len(busy.paths) == 1  # asked once; then estimated for a while
+    assert vllm.paths[-1][1] == {"model": MODEL_ALIAS, "messages": [QUESTION[0].to_dict()],
+                                 "add_generation_prompt": True}
 
 
 def test_request_fields_key_and_a_non_streamed_answer(stub, monkeypatch):

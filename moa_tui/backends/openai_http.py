@@ -4,7 +4,8 @@ HTTP goes through httpx2, the client huggingface_hub already brings: connections
 system's certificates, chunked bodies, timeouts, and proxies from HTTPS_PROXY / HTTP_PROXY /
 ALL_PROXY, with NO_PROXY naming the hosts that bypass them. The answer streams from
 `POST {endpoint}/chat/completions` with `stream: true` as server-sent events, which httpx2's
-`EventSource` decodes. This module is imported only when a pipeline has an endpoint source.
+`EventSource` decodes. Counting a prompt's tokens on the server is `remote_tokens.py`'s job. This
+module is imported only when a pipeline has an endpoint source.
 
 Cancellation: besides checking the token between events, a watcher thread shuts the socket down
 when the token fires, so a read blocked on a silent server (still evaluating the prompt, or queueing
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
-import math
 import os
 import socket
 import ssl
@@ -37,28 +36,14 @@ import httpx2
 from ..config import EndpointSource, ModelSettings, ModelSpec
 from ..events import GenerationStats
 from .base import CancelToken, ChatResult, Message, ModelError, TokenCallback
-
-log = logging.getLogger("moa_tui.remote")
+from .remote_tokens import TIMEOUT as TOKENIZE_TIMEOUT
+from .remote_tokens import ServerTokenCounter, estimate_tokens
 
 CONNECT_TIMEOUT = 5.0  # seconds to open the TCP (and TLS) connection
 READ_TIMEOUT = 120.0  # seconds the server may stay silent between two chunks
-TOKENIZE_TIMEOUT = 5.0  # seconds for a tokenize request; on failure counting falls back to the estimate
-TOKENIZE_RETRY_AFTER = 30.0  # seconds to use the estimate after the tokenize endpoint failed to answer
 CANCEL_POLL = 0.05  # how often the watcher looks at the cancel token
-
-# Token estimate when the server cannot tokenize: English text averages about 3.5 characters per
-# token with the small BPE vocabularies of the models this runs; chat templates add a few tokens
-# around each message (ChatML: "<|im_start|>role\n" ... "<|im_end|>\n") and open the reply.
-CHARS_PER_TOKEN = 3.5
-MESSAGE_OVERHEAD = 5
-REPLY_OVERHEAD = 3
-
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error response read for its message
 ERROR_TEXT_CHARS = 300  # characters of the server's message shown to the user
-COUNT_CACHE_SIZE = 1024
-
-# Statuses meaning "this server has no such tokenize route / does not take this body".
-_UNSUPPORTED_STATUSES = {400, 404, 405, 422, 501}
 
 
 class RemoteModelError(ModelError):
@@ -68,14 +53,6 @@ class RemoteModelError(ModelError):
         super().__init__(message)
         self.partial_text = partial_text
         self.stats = stats if stats is not None else GenerationStats(finish_reason="error")
-
-
-class _Unsupported(Exception):
-    """The server does not offer this tokenize route."""
-
-
-class _Unreachable(Exception):
-    """The tokenize request got no usable answer this time (timeout, busy, connection trouble)."""
 
 
 @dataclass
@@ -115,17 +92,14 @@ class RemoteChatModel:
         self.model_id = model_id
         self.source = source
         self.endpoint = source.endpoint.rstrip("/")
-        # llama-server and vLLM tokenize at the server root, the base URL without its "/v1"
-        self._root = self.endpoint.removesuffix("/v1")
         self.n_ctx = settings.n_ctx or 4096
         self.notices: list[str] = []
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._api_key = self._read_api_key()
-        self._tokenizer: str | None = None  # the tokenize route that worked, "none" when there is none
-        self._tokenizer_retry_at = 0.0
-        self._prompt_counts: dict[tuple[tuple[str, str], ...], int] = {}
-        self._content_counts: dict[str, int] = {}
+        # llama-server and vLLM tokenize at the server root, the base URL without its "/v1"
+        self.counter = ServerTokenCounter(model_id, self.endpoint.removesuffix("/v1"), source.model,
+                                          lambda: self._client, min(TOKENIZE_TIMEOUT, connect_timeout))
         self._closed = False
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -160,100 +134,9 @@ class RemoteChatModel:
         stats = self._stats(stream, "error")
         return RemoteModelError(f"{self.model_id}: {self.endpoint}: {problem}", stream.text, stats)
 
-    # -- token counting ---------------------------------------------------------------------------
-
     def count_tokens(self, messages: list[Message]) -> int:
-        """Tokens of the prompt, from the server's tokenizer where it has one, else estimated.
-
-        Routes tried once, the first that works is kept: llama-server (`/apply-template` then
-        `/tokenize`: exact), llama_cpp.server (`/extras/tokenize/count` per message, plus a fixed
-        per-message overhead for the template), vLLM (`/tokenize` with messages: exact). Otherwise
-        (Ollama, hosted APIs): characters / 3.5 plus the same overhead.
-        """
-        key = tuple((m.role, m.content) for m in messages)
-        known = self._prompt_counts.get(key)
-        if known is not None:
-            return known
-        count = self._count_remote(messages)
-        if count is None:
-            return estimate_tokens(messages)
-        if len(self._prompt_counts) >= COUNT_CACHE_SIZE:
-            self._prompt_counts.clear()
-        self._prompt_counts[key] = count
-        return count
-
-    def _count_remote(self, messages: list[Message]) -> int | None:
-        if self._closed or self._tokenizer == "none" or time.monotonic() < self._tokenizer_retry_at:
-            return None
-        routes = [self._tokenizer] if self._tokenizer else ["llama-server", "llama_cpp.server", "vllm"]
-        for route in routes:
-            try:
-                count = self._count_with(route, messages)
-            except _Unsupported:
-                continue
-            except _Unreachable as exc:
-                log.debug("%s: tokenize via %s failed (%s); estimating for a while", self.model_id, route, exc)
-                self._tokenizer_retry_at = time.monotonic() + TOKENIZE_RETRY_AFTER
-                return None
-            if self._tokenizer != route:
-                log.debug("%s: counting tokens with the %s tokenize route", self.model_id, route)
-            self._tokenizer = route
-            return count
-        log.debug("%s: %s offers no tokenize route; estimating token counts", self.model_id, self.endpoint)
-        self._tokenizer = "none"
-        return None
-
-    def _count_with(self, route: str, messages: list[Message]) -> int:
-        wire = [m.to_dict() for m in messages]
-        if route == "llama-server":
-            prompt = self._post_json("/apply-template", {"messages": wire}).get("prompt")
-            if not isinstance(prompt, str):
-                raise _Unsupported
-            tokens = self._post_json("/tokenize", {"content": prompt, "add_special": True}).get("tokens")
-            if not isinstance(tokens, list):
-                raise _Unsupported
-            return len(tokens)
-        if route == "llama_cpp.server":
-            total = REPLY_OVERHEAD
-            for message in messages:
-                total += self._content_count(message.content) + MESSAGE_OVERHEAD
-            return total
-        body = {"model": self.source.model, "messages": wire, "add_generation_prompt": True}
-        count = self._post_json("/tokenize", body).get("count")
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise _Unsupported
-        return count
-
-    def _content_count(self, content: str) -> int:
-        known = self._content_counts.get(content)
-        if known is None:
-            body = {"input": content, "model": self.source.model}
-            count = self._post_json("/extras/tokenize/count", body).get("count")
-            if not isinstance(count, int) or isinstance(count, bool):
-                raise _Unsupported
-            if len(self._content_counts) >= COUNT_CACHE_SIZE:
-                self._content_counts.clear()
-            self._content_counts[content] = known = count
-        return known
-
-    def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a small JSON request to the server root with a short timeout; _Unsupported / _Unreachable."""
-        try:
-            timeout = min(TOKENIZE_TIMEOUT, self.connect_timeout)
-            response = self._client.post(self._root + path, json=body, timeout=timeout)
-        except httpx2.HTTPError as exc:
-            raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code in _UNSUPPORTED_STATUSES:
-            raise _Unsupported
-        if response.status_code != 200:
-            raise _Unreachable(f"HTTP {response.status_code}")
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise _Unsupported from exc
-        if not isinstance(data, dict):
-            raise _Unsupported
-        return data
+        """Tokens of the prompt, from the server's tokenizer where it has one, else estimated."""
+        return estimate_tokens(messages) if self._closed else self.counter.count(messages)
 
     # -- chat -----------------------------------------------------------------------------------
 
@@ -311,8 +194,7 @@ class RemoteChatModel:
             raise self._cut(stream, "connection closed")
         prompt_tokens = self._usage_int("prompt_tokens", stream)
         if prompt_tokens is None:  # no request now: the server may be busy with another model's answer
-            key = tuple((m.role, m.content) for m in messages)
-            prompt_tokens = self._prompt_counts.get(key) or estimate_tokens(messages)
+            prompt_tokens = self.counter.known(messages) or estimate_tokens(messages)
         return ChatResult(stream.text, self._stats(stream, stream.finish_reason, prompt_tokens))
 
     def _cut(self, stream: _Stream, why: str) -> RemoteModelError:
@@ -544,11 +426,6 @@ def error_detail(raw: bytes) -> str:
         if found:
             text = found if isinstance(found, str) else json.dumps(found)
     return _shorten(text)
-
-
-def estimate_tokens(messages: list[Message]) -> int:
-    """Prompt tokens when the server cannot count them: characters / 3.5 plus template overhead."""
-    return REPLY_OVERHEAD + sum(math.ceil(len(m.content) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD for m in messages)
 
 
 def open_remote(spec: ModelSpec, **timeouts: float) -> RemoteChatModel:

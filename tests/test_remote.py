@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -315,9 +317,11 @@ def test_open_remote_rejects_local_sources(smollm2_path):
 
 
 class Stub:
-    """A loopback HTTP server whose every POST is answered by `respond(handler, body)`."""
+    """A loopback HTTP server whose every POST is answered by `respond(handler, body)`; HTTPS with
+    `tls=(certificate file, key file)`."""
 
-    def __init__(self, respond: Callable[[BaseHTTPRequestHandler, dict], None]) -> None:
+    def __init__(self, respond: Callable[[BaseHTTPRequestHandler, dict], None],
+                 tls: tuple[str, str] | None = None) -> None:
         self.requests: list[tuple[dict, dict]] = []  # (headers, JSON body)
         self.paths: list[tuple[str, dict]] = []  # (path below the server root, JSON body)
         self.release = threading.Event()  # ends stalled handlers at teardown
@@ -335,7 +339,12 @@ class Stub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
@@ -348,8 +357,8 @@ class Stub:
 def stub() -> Iterator[Callable[..., Stub]]:
     made: list[Stub] = []
 
-    def make(respond: Callable[[BaseHTTPRequestHandler, dict], None]) -> Stub:
-        made.append(Stub(respond))
+    def make(respond: Callable[[BaseHTTPRequestHandler, dict], None], tls: tuple[str, str] | None = None) -> Stub:
+        made.append(Stub(respond, tls))
         return made[-1]
 
     yield make
@@ -415,6 +424,48 @@ def test_a_silent_server_hits_the_read_timeout(stub):
         remote(server.endpoint, read_timeout=0.5).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
     assert time.perf_counter() - started < 3
     assert info.value.partial_text == "Hi"
+
+
+@pytest.fixture
+def certificate(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, made by the openssl command: (certificate file, key file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_https_through_a_connect_proxy_trusting_ssl_cert_file(stub, certificate, monkeypatch):
+    """https:// goes through HTTPS_PROXY as a CONNECT tunnel; SSL_CERT_FILE is honoured, an untrusted
+    certificate is a clear error, and a cancel interrupts a read that waits inside TLS."""
+    def respond(handler: BaseHTTPRequestHandler, body: dict) -> None:
+        if body["max_tokens"] == 99:  # stall before any header: the client blocks in a TLS read
+            server.release.wait(10)
+        else:
+            send(handler, 200, chunk("Hi", "stop"), "text/event-stream")
+
+    server = stub(respond, tls=certificate)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ModelError, match=r"TLS handshake failed: .*CERTIFICATE_VERIFY_FAILED"):
+        remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    with LoopbackProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url)
+        model = remote(server.endpoint)
+        assert model.chat(QUESTION, settings(), CancelToken(), lambda _t: None).text == "Hi"
+        cancel = CancelToken()
+        thread, box = run_in_thread(model, cancel, lambda _t: None, max_tokens=99)
+        time.sleep(0.3)
+        assert thread.is_alive()
+        cancel.cancel()
+        thread.join(5)  # the stall lasts 10 s, the read timeout 120 s
+        assert not thread.is_alive() and box["result"].cancelled
+    port = server.endpoint.split(":")[2].split("/")[0]
+    assert proxy.requests == [f"CONNECT 127.0.0.1:{port}"] * 2
 
 
 def test_count_tokens_on_llama_server_vllm_and_servers_without_a_tokenizer(stub):

@@ -35,6 +35,7 @@ from tests.helpers import free_port, smollm2_file
 
 MODEL_ALIAS = "smollm2"
 START_TIMEOUT = 60.0
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy in the env
 
 
 class LlamaServer:
@@ -106,14 +107,14 @@ class LlamaServer:
                                          headers={"Content-Type": "application/json"})
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             return json.load(response)
 
     def stream(self, body: dict, timeout: float = 600) -> Iterator[dict]:
         """Server-sent events of a streamed chat completion, parsed."""
         request = urllib.request.Request(self.endpoint + "/chat/completions", data=json.dumps(body).encode(),
                                          method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _DIRECT.open(request, timeout=timeout) as response:
             for raw in response:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data:"):

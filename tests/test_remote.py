@@ -2,23 +2,34 @@
 
 Stubs (a few lines of http.server) only stand in for what the real server cannot be made to do:
 malformed events, a silent stall, a non-streamed answer, an error status other than 401/404.
+Proxies: a real forwarding proxy on loopback (tests/http_proxy.py) carries the requests when
+HTTP_PROXY names it; every other test keeps loopback out of any proxy the environment sets.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from moa_tui.backends.base import CancelToken, Message, ModelError
 from moa_tui.backends.llama import LlamaChatModel
-from moa_tui.backends.openai_http import RemoteChatModel, RemoteModelError, estimate_tokens, open_remote
+from moa_tui.backends.openai_http import RemoteChatModel, RemoteModelError, open_remote
+from moa_tui.backends.remote_tokens import estimate_tokens
 from moa_tui.config import EndpointSource, ModelSettings, ModelSpec
-from tests.llama_server import MODEL_ALIAS, LlamaServer, free_port
+from tests.helpers import free_port
+from tests.http_proxy import LoopbackProxy
+from tests.llama_server import MODEL_ALIAS, LlamaServer
 from tests.llama_server import llama_server as llama_server  # the module-scoped server fixture
 
 from .helpers import within
@@ -27,6 +38,27 @@ QUESTION = [
     Message("system", "You are a helpful assistant."),
     Message("user", "Write a long story about a dragon who learns to cook."),
 ]
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def loopback_bypasses_proxies(monkeypatch):
+    """A proxy set in the environment (HTTP_PROXY...) must not carry these loopback requests."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
+def use_proxy(monkeypatch, url: str, no_proxy: str = "") -> None:
+    """Proxy settings exactly as given: `url` for http:// and https://, nothing else from the environment."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", url)
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    if no_proxy:
+        monkeypatch.setenv("NO_PROXY", no_proxy)
 
 
 def settings(**overrides) -> ModelSettings:
@@ -83,7 +115,7 @@ def test_count_tokens_uses_the_servers_tokenizer(llama_server, smollm2_path):
     finally:
         local.close()
     assert abs(model.count_tokens(odd) - estimate_tokens(odd)) > 10
-    assert model._tokenizer == "llama_cpp.server"
+    assert model.counter.route == "llama_cpp.server"
 
 
 def test_cancel_mid_stream_returns_fast_with_the_partial_text(llama_server):
@@ -190,6 +222,74 @@ def test_api_keys_against_a_server_that_requires_one(monkeypatch):
         assert result.text and result.stats.finish_reason == "length"
 
 
+# -- proxies from the environment ------------------------------------------------------------------
+
+
+def test_streams_through_a_proxy_on_loopback_and_cancels_through_it(llama_server, monkeypatch):
+    """HTTP_PROXY carries every request (counting and chat); a cancel still interrupts a blocked read."""
+    with LoopbackProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url)
+        model = remote(llama_server)
+        counted = model.count_tokens(QUESTION)
+        tokens: list[str] = []
+        result = model.chat(QUESTION, settings(max_tokens=8), CancelToken(), tokens.append)
+        assert result.text.strip() and "".join(tokens) == result.text and result.stats.finish_reason == "length"
+        assert result.stats.prompt_tokens == counted > 0
+        assert f"POST {llama_server}/chat/completions" in proxy.requests
+        assert f"POST {llama_server.removesuffix('/v1')}/extras/tokenize/count" in proxy.requests
+
+        # A request queued behind a long answer gets nothing until that answer ends (400 tokens: far
+        # longer than the join below); cancelling it must shut its socket to the proxy at once.
+        busy_cancel, busy_started = CancelToken(), threading.Event()
+        busy, _ = run_in_thread(remote(llama_server), busy_cancel, lambda _t: busy_started.set(), max_tokens=400)
+        assert busy_started.wait(30)
+        cancel, queued_tokens = CancelToken(), []
+        thread, box = run_in_thread(model, cancel, queued_tokens.append, max_tokens=8)
+        time.sleep(0.3)
+        assert thread.is_alive()  # waiting for the busy server
+        cancel.cancel()
+        thread.join(5)
+        assert not thread.is_alive() and busy.is_alive()
+        assert box["result"].cancelled and box["result"].text == "" and queued_tokens == []
+        busy_cancel.cancel()
+        busy.join(5)
+        assert proxy.requests.count(f"POST {llama_server}/chat/completions") == 3
+
+
+@pytest.mark.parametrize(("host", "no_proxy"), [("127.0.0.1", "127.0.0.1"), ("localhost", "example.com,localhost"),
+                                               ("127.0.0.1", "*")])
+def test_no_proxy_sends_loopback_requests_directly(stub, monkeypatch, host, no_proxy):
+    server = stub(lambda h, _b: send(h, 200, chunk("Hi", "stop"), "text/event-stream"))
+    with LoopbackProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url, no_proxy=no_proxy)
+        endpoint = server.endpoint.replace("127.0.0.1", host)
+        result = remote(endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert result.text == "Hi" and len(server.requests) == 1 and proxy.requests == []
+
+
+def test_a_proxy_that_is_down_is_named_with_what_to_do(monkeypatch):
+    proxy = f"127.0.0.1:{free_port()}"
+    use_proxy(monkeypatch, f"http://{proxy}")
+    with pytest.raises(ModelError) as info:
+        remote(f"http://127.0.0.1:{free_port()}/v1").chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    assert f"cannot get through the proxy {proxy} (Connection refused); check HTTPS_PROXY / HTTP_PROXY, or add " \
+           f"this host to NO_PROXY" in str(info.value)
+
+
+# -- start-up -----------------------------------------------------------------------------------------
+
+
+def test_moa_help_and_the_pipeline_do_not_import_the_http_client():
+    """httpx2 (about 0.2 s to import, and its TLS setup) loads only when a pipeline uses an endpoint."""
+    code = ("import contextlib, io, sys, moa_tui.pipeline, moa_tui.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    moa_tui.cli.main(['--help'])\n"
+            "print(sorted(m for m in ('httpx2', 'moa_tui.backends.openai_http') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.stdout.strip() == "[]"
+
+
 # -- failures without a server ----------------------------------------------------------------------
 
 
@@ -222,10 +322,13 @@ def test_open_remote_rejects_local_sources(smollm2_path):
 
 
 class Stub:
-    """A loopback HTTP server whose every POST is answered by `respond(handler, body)`."""
+    """A loopback HTTP server whose every POST is answered by `respond(handler, body)`; HTTPS with
+    `tls=(certificate file, key file)`."""
 
-    def __init__(self, respond: Callable[[BaseHTTPRequestHandler, dict], None]) -> None:
+    def __init__(self, respond: Callable[[BaseHTTPRequestHandler, dict], None],
+                 tls: tuple[str, str] | None = None) -> None:
         self.requests: list[tuple[dict, dict]] = []  # (headers, JSON body)
+        self.paths: list[tuple[str, dict]] = []  # (path below the server root, JSON body)
         self.release = threading.Event()  # ends stalled handlers at teardown
         stub = self
 
@@ -233,6 +336,7 @@ class Stub:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.requests.append((dict(self.headers), body))
+                stub.paths.append((self.path.removeprefix("/v1"), body))
                 respond(self, body)
 
             def log_message(self, *_args) -> None:
@@ -240,7 +344,12 @@ class Stub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
@@ -253,8 +362,8 @@ class Stub:
 def stub() -> Iterator[Callable[..., Stub]]:
     made: list[Stub] = []
 
-    def make(respond: Callable[[BaseHTTPRequestHandler, dict], None]) -> Stub:
-        made.append(Stub(respond))
+    def make(respond: Callable[[BaseHTTPRequestHandler, dict], None], tls: tuple[str, str] | None = None) -> Stub:
+        made.append(Stub(respond, tls))
         return made[-1]
 
     yield make
@@ -286,7 +395,8 @@ def test_malformed_events_are_a_clear_error_keeping_the_partial_text(stub):
 
 def test_a_page_that_is_not_an_event_stream_is_malformed(stub):
     server = stub(lambda h, _b: send(h, 200, b"<html>proxy login</html>\n", "text/html"))
-    with pytest.raises(ModelError, match="malformed server-sent events: unexpected line '<html>proxy login</html>'"):
+    with pytest.raises(ModelError, match="malformed server-sent events: the answer is text/html, not "
+                                         "text/event-stream: '<html>proxy login</html>'"):
         remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
 
 
@@ -319,6 +429,78 @@ def test_a_silent_server_hits_the_read_timeout(stub):
         remote(server.endpoint, read_timeout=0.5).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
     assert time.perf_counter() - started < 3
     assert info.value.partial_text == "Hi"
+
+
+@pytest.fixture
+def certificate(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, made by the openssl command: (certificate file, key file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_https_through_a_connect_proxy_trusting_ssl_cert_file(stub, certificate, monkeypatch):
+    """https:// goes through HTTPS_PROXY as a CONNECT tunnel; SSL_CERT_FILE is honoured, an untrusted
+    certificate is a clear error, and a cancel interrupts a read that waits inside TLS."""
+    def respond(handler: BaseHTTPRequestHandler, body: dict) -> None:
+        if body["max_tokens"] == 99:  # stall before any header: the client blocks in a TLS read
+            server.release.wait(10)
+        else:
+            send(handler, 200, chunk("Hi", "stop"), "text/event-stream")
+
+    server = stub(respond, tls=certificate)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ModelError, match=r"TLS handshake failed: .*CERTIFICATE_VERIFY_FAILED"):
+        remote(server.endpoint).chat(QUESTION, settings(), CancelToken(), lambda _t: None)
+    monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    with LoopbackProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url)
+        model = remote(server.endpoint)
+        assert model.chat(QUESTION, settings(), CancelToken(), lambda _t: None).text == "Hi"
+        cancel = CancelToken()
+        thread, box = run_in_thread(model, cancel, lambda _t: None, max_tokens=99)
+        time.sleep(0.3)
+        assert thread.is_alive()
+        cancel.cancel()
+        thread.join(5)  # the stall lasts 10 s, the read timeout 120 s
+        assert not thread.is_alive() and box["result"].cancelled
+    port = server.endpoint.split(":")[2].split("/")[0]
+    assert proxy.requests == [f"CONNECT 127.0.0.1:{port}"] * 2
+
+
+def test_count_tokens_on_llama_server_vllm_and_servers_without_a_tokenizer(stub):
+    """The llama-server and vLLM tokenize routes as those servers answer them; a server without any
+    (Ollama) is estimated and asked no more; one that fails to answer is estimated for a while."""
+    def json_answer(handler: BaseHTTPRequestHandler, answers: dict[str, dict]) -> None:
+        path = handler.path
+        if path in answers:
+            send(handler, 200, json.dumps(answers[path]).encode(), "application/json")
+        else:
+            send(handler, 404, b"not found", "text/plain")
+
+    llama_server = stub(lambda h, _b: json_answer(h, {"/apply-template": {"prompt": "<s>a prompt"},
+                                                      "/tokenize": {"tokens": [1, 2, 3, 4, 5, 6, 7]}}))
+    vllm = stub(lambda h, _b: json_answer(h, {"/tokenize": {"count": 11, "max_model_len": 4096}}))
+    ollama = stub(lambda h, _b: json_answer(h, {}))
+    busy = stub(lambda h, _b: send(h, 503, b"busy", "text/plain"))
+    counts = {}
+    for name, server in (("llama-server", llama_server), ("vllm", vllm), ("none", ollama), ("busy", busy)):
+        model = remote(server.endpoint)
+        counts[name] = (model.count_tokens(QUESTION), model.count_tokens(QUESTION[:1]), model.counter.route)
+    assert counts["llama-server"] == (7, 7, "llama-server")
+    assert counts["vllm"] == (11, 11, "vllm")
+    assert counts["none"] == (estimate_tokens(QUESTION), estimate_tokens(QUESTION[:1]), "none")
+    assert counts["busy"] == (estimate_tokens(QUESTION), estimate_tokens(QUESTION[:1]), None)
+    assert [p for p, _ in vllm.paths] == ["/apply-template", "/extras/tokenize/count", "/tokenize", "/tokenize"]
+    assert [p for p, _ in llama_server.paths] == ["/apply-template", "/tokenize"] * 2
+    assert len(ollama.paths) == 3 and len(busy.paths) == 1  # asked once; then estimated for a while
+    assert vllm.paths[-1][1] == {"model": MODEL_ALIAS, "messages": [QUESTION[0].to_dict()],
+                                 "add_generation_prompt": True}
 
 
 def test_request_fields_key_and_a_non_streamed_answer(stub, monkeypatch):

@@ -1,14 +1,18 @@
 """Run a model on an OpenAI-compatible chat server (llama-server, vLLM, Ollama, llama_cpp.server).
 
-Standard library only (`http.client`), so remote models add no dependency. The answer streams from
-`POST {endpoint}/chat/completions` with `stream: true` as server-sent events (`data: {...}` lines,
-then `data: [DONE]`).
+HTTP goes through httpx2, the client huggingface_hub already brings: connections, TLS with the
+system's certificates, chunked bodies, timeouts, and proxies from HTTPS_PROXY / HTTP_PROXY /
+ALL_PROXY, with NO_PROXY naming the hosts that bypass them. The answer streams from
+`POST {endpoint}/chat/completions` with `stream: true` as server-sent events, which httpx2's
+`EventSource` decodes. Counting a prompt's tokens on the server is `remote_tokens.py`'s job. This
+module is imported only when a pipeline has an endpoint source.
 
-Cancellation: besides checking the token between chunks, a watcher thread shuts the socket down
+Cancellation: besides checking the token between events, a watcher thread shuts the socket down
 when the token fires, so a read blocked on a silent server (still evaluating the prompt, or queueing
-us behind another request) returns at once instead of after the read timeout. Closing the
-connection also tells the server to stop generating. Only connecting is not interruptible; it is
-bounded by the connect timeout (5 s).
+us behind another request) returns at once instead of after the read timeout. The socket comes from
+httpx2's `trace` request extension, which reports each connection as it opens; every request gets a
+fresh connection (no keep-alive), so there is always one to report. Closing it also tells the server
+to stop generating. Only connecting is not interruptible; it is bounded by the connect timeout (5 s).
 
 Errors are `RemoteModelError`s (a `ModelError`) that name the model id and the endpoint; one raised
 after tokens arrived carries them in `partial_text`, so the caller can keep the partial answer.
@@ -17,46 +21,29 @@ after tokens arrived carries them in `partial_text`, so the caller can keep the 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
-import logging
-import math
 import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
+
+import httpx2
 
 from ..config import EndpointSource, ModelSettings, ModelSpec
 from ..events import GenerationStats
 from .base import CancelToken, ChatModel, ChatResult, Message, ModelError, TokenCallback
-
-log = logging.getLogger("moa_tui.remote")
+from .remote_tokens import TIMEOUT as TOKENIZE_TIMEOUT
+from .remote_tokens import ServerTokenCounter, estimate_tokens
 
 CONNECT_TIMEOUT = 5.0  # seconds to open the TCP (and TLS) connection
 READ_TIMEOUT = 120.0  # seconds the server may stay silent between two chunks
-TOKENIZE_TIMEOUT = 5.0  # seconds for a tokenize request; on failure counting falls back to the estimate
-TOKENIZE_RETRY_AFTER = 30.0  # seconds to use the estimate after the tokenize endpoint failed to answer
 CANCEL_POLL = 0.05  # how often the watcher looks at the cancel token
-
-# Token estimate when the server cannot tokenize: English text averages about 3.5 characters per
-# token with the small BPE vocabularies of the models this runs; chat templates add a few tokens
-# around each message (ChatML: "<|im_start|>role\n" ... "<|im_end|>\n") and open the reply.
-CHARS_PER_TOKEN = 3.5
-MESSAGE_OVERHEAD = 5
-REPLY_OVERHEAD = 3
-
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error response read for its message
 ERROR_TEXT_CHARS = 300  # characters of the server's message shown to the user
-MAX_LINE = 4 * 1024 * 1024  # longest SSE line accepted
-COUNT_CACHE_SIZE = 1024
-
-# Statuses meaning "this server has no such tokenize route / does not take this body".
-_UNSUPPORTED_STATUSES = {400, 404, 405, 422, 501}
 
 
 class RemoteModelError(ModelError):
@@ -66,36 +53,6 @@ class RemoteModelError(ModelError):
         super().__init__(message)
         self.partial_text = partial_text
         self.stats = stats if stats is not None else GenerationStats(finish_reason="error")
-
-
-class _Unsupported(Exception):
-    """The server does not offer this tokenize route."""
-
-
-class _Unreachable(Exception):
-    """The tokenize request got no usable answer this time (timeout, busy, connection trouble)."""
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where the server is: scheme, host, port, the path of the OpenAI base and of the server root."""
-
-    https: bool
-    host: str
-    port: int
-    base_path: str  # e.g. "/v1"
-    root_path: str  # the base without a trailing "/v1": llama-server and vLLM tokenize there
-
-    @classmethod
-    def parse(cls, endpoint: str) -> _Target:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL, got {endpoint!r}")
-        https = parts.scheme == "https"
-        port = parts.port or (443 if https else 80)
-        base = parts.path.rstrip("/")
-        root = base[: -len("/v1")] if base.endswith("/v1") else base
-        return cls(https, parts.hostname, port, base, root)
 
 
 @dataclass
@@ -119,8 +76,8 @@ class _Stream:
 class RemoteChatModel(ChatModel):
     """A model served over an OpenAI-compatible HTTP API; implements the ChatModel protocol.
 
-    Holds no connection between calls (one per answer), so it is cheap to keep in the pool and
-    survives a server restart between turns.
+    Keeps no connection open between requests, so it is cheap to keep in the pool and survives a
+    server restart between turns.
     """
 
     def __init__(
@@ -139,15 +96,10 @@ class RemoteChatModel(ChatModel):
         self.notices: list[str] = []
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        try:
-            self._target = _Target.parse(source.endpoint)
-        except ValueError as exc:
-            raise ModelError(f"{model_id}: bad endpoint: {exc}") from exc
         self._api_key = self._read_api_key()
-        self._tokenizer: str | None = None  # the tokenize route that worked, "none" when there is none
-        self._tokenizer_retry_at = 0.0
-        self._prompt_counts: dict[tuple[tuple[str, str], ...], int] = {}
-        self._content_counts: dict[str, int] = {}
+        # llama-server and vLLM tokenize at the server root, the base URL without its "/v1"
+        self.counter = ServerTokenCounter(model_id, self.endpoint.removesuffix("/v1"), source.model,
+                                          lambda: self._client, min(TOKENIZE_TIMEOUT, connect_timeout))
         self._closed = False
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -164,144 +116,27 @@ class RemoteChatModel(ChatModel):
             )
         return key
 
+    @cached_property
+    def _client(self) -> httpx2.Client:
+        """Made at the first request; proxies come from the environment as it is then (trust_env)."""
+        headers = {"User-Agent": "moa-tui"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return httpx2.Client(
+            headers=headers,
+            timeout=httpx2.Timeout(self.read_timeout, connect=self.connect_timeout),
+            limits=httpx2.Limits(max_keepalive_connections=0),  # a fresh connection, so _Interrupter sees it
+        )
+
     def _fail(self, problem: str, stream: _Stream | None = None) -> RemoteModelError:
         if stream is None:
             return RemoteModelError(f"{self.model_id}: {self.endpoint}: {problem}")
         stats = self._stats(stream, "error")
         return RemoteModelError(f"{self.model_id}: {self.endpoint}: {problem}", stream.text, stats)
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "User-Agent": "moa-tui"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return headers
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        t = self._target
-        if t.https:
-            return http.client.HTTPSConnection(t.host, t.port, timeout=timeout, context=ssl.create_default_context())
-        return http.client.HTTPConnection(t.host, t.port, timeout=timeout)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        """An open connection whose reads time out after read_timeout; ModelError saying why not."""
-        conn = self._connection(self.connect_timeout)
-        try:
-            conn.connect()
-        except ConnectionRefusedError as exc:
-            raise self._fail("connection refused: is the server running, and on this host and port?") from exc
-        except socket.gaierror as exc:
-            raise self._fail(f"cannot resolve host {self._target.host!r} ({exc.strerror or exc})") from exc
-        except TimeoutError as exc:
-            raise self._fail(
-                f"no answer within {self.connect_timeout:g} s (connect timeout): is the host reachable "
-                f"and the port open?"
-            ) from exc
-        except ssl.SSLError as exc:
-            raise self._fail(f"TLS handshake failed: {exc}") from exc
-        except OSError as exc:
-            raise self._fail(f"cannot connect: {exc.strerror or exc}") from exc
-        assert conn.sock is not None
-        conn.sock.settimeout(self.read_timeout)
-        return conn
-
-    # -- token counting ---------------------------------------------------------------------------
-
     def count_tokens(self, messages: list[Message]) -> int:
-        """Tokens of the prompt, from the server's tokenizer where it has one, else estimated.
-
-        Routes tried once, the first that works is kept: llama-server (`/apply-template` then
-        `/tokenize`: exact), llama_cpp.server (`/extras/tokenize/count` per message, plus a fixed
-        per-message overhead for the template), vLLM (`/tokenize` with messages: exact). Otherwise
-        (Ollama, hosted APIs): characters / 3.5 plus the same overhead.
-        """
-        key = tuple((m.role, m.content) for m in messages)
-        known = self._prompt_counts.get(key)
-        if known is not None:
-            return known
-        count = self._count_remote(messages)
-        if count is None:
-            return estimate_tokens(messages)
-        if len(self._prompt_counts) >= COUNT_CACHE_SIZE:
-            self._prompt_counts.clear()
-        self._prompt_counts[key] = count
-        return count
-
-    def _count_remote(self, messages: list[Message]) -> int | None:
-        if self._tokenizer == "none" or time.monotonic() < self._tokenizer_retry_at:
-            return None
-        routes = [self._tokenizer] if self._tokenizer else ["llama-server", "llama_cpp.server", "vllm"]
-        for route in routes:
-            try:
-                count = self._count_with(route, messages)
-            except _Unsupported:
-                continue
-            except _Unreachable as exc:
-                log.debug("%s: tokenize via %s failed (%s); estimating for a while", self.model_id, route, exc)
-                self._tokenizer_retry_at = time.monotonic() + TOKENIZE_RETRY_AFTER
-                return None
-            if self._tokenizer != route:
-                log.debug("%s: counting tokens with the %s tokenize route", self.model_id, route)
-            self._tokenizer = route
-            return count
-        log.debug("%s: %s offers no tokenize route; estimating token counts", self.model_id, self.endpoint)
-        self._tokenizer = "none"
-        return None
-
-    def _count_with(self, route: str, messages: list[Message]) -> int:
-        root = self._target.root_path
-        wire = [m.to_dict() for m in messages]
-        if route == "llama-server":
-            prompt = self._post_json(f"{root}/apply-template", {"messages": wire}).get("prompt")
-            if not isinstance(prompt, str):
-                raise _Unsupported
-            tokens = self._post_json(f"{root}/tokenize", {"content": prompt, "add_special": True}).get("tokens")
-            if not isinstance(tokens, list):
-                raise _Unsupported
-            return len(tokens)
-        if route == "llama_cpp.server":
-            total = REPLY_OVERHEAD
-            for message in messages:
-                total += self._content_count(f"{root}/extras/tokenize/count", message.content) + MESSAGE_OVERHEAD
-            return total
-        body = {"model": self.source.model, "messages": wire, "add_generation_prompt": True}
-        count = self._post_json(f"{root}/tokenize", body).get("count")
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise _Unsupported
-        return count
-
-    def _content_count(self, path: str, content: str) -> int:
-        known = self._content_counts.get(content)
-        if known is None:
-            count = self._post_json(path, {"input": content, "model": self.source.model}).get("count")
-            if not isinstance(count, int) or isinstance(count, bool):
-                raise _Unsupported
-            if len(self._content_counts) >= COUNT_CACHE_SIZE:
-                self._content_counts.clear()
-            self._content_counts[content] = known = count
-        return known
-
-    def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a small JSON request with a short timeout; _Unsupported / _Unreachable when it fails."""
-        conn = self._connection(min(TOKENIZE_TIMEOUT, self.connect_timeout))
-        try:
-            conn.request("POST", path or "/", body=json.dumps(body).encode(), headers=self._headers())
-            response = conn.getresponse()
-            raw = response.read(ERROR_BODY_LIMIT if response.status != 200 else None)
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            conn.close()
-        if response.status in _UNSUPPORTED_STATUSES:
-            raise _Unsupported
-        if response.status != 200:
-            raise _Unreachable(f"HTTP {response.status}")
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise _Unsupported from exc
-        if not isinstance(data, dict):
-            raise _Unsupported
-        return data
+        """Tokens of the prompt, from the server's tokenizer where it has one, else estimated."""
+        return estimate_tokens(messages) if self._closed else self.counter.count(messages)
 
     # -- chat -----------------------------------------------------------------------------------
 
@@ -336,29 +171,17 @@ class RemoteChatModel(ChatModel):
         stream = _Stream(started=time.perf_counter())
         if cancel.cancelled:
             return ChatResult("", self._stats(stream, "cancelled"), cancelled=True)
-        payload = json.dumps(self.request_body(messages, settings)).encode()
-        headers = {**self._headers(), "Accept": "text/event-stream"}
-        conn = self._connect()
-        try:
-            assert conn.sock is not None
-            with _shutdown_on_cancel(conn.sock, cancel):
-                try:
-                    conn.request("POST", f"{self._target.base_path}/chat/completions", body=payload, headers=headers)
-                    response = conn.getresponse()
-                    if response.status != 200:
-                        raise self._http_error(response)
-                    self._read_answer(response, stream, cancel, on_token)
-                except TimeoutError as exc:
-                    if not cancel.cancelled:
-                        raise self._fail(
-                            f"the server sent nothing for {self.read_timeout:g} s (read timeout); it may be "
-                            f"overloaded or stuck", stream
-                        ) from exc
-                except (OSError, http.client.HTTPException) as exc:
-                    if not cancel.cancelled:
-                        raise self._cut(stream, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            conn.close()
+        url = f"{self.endpoint}/chat/completions"
+        with _Interrupter(cancel, url) as interrupter:
+            try:
+                with self._client.sse(url, method="POST", json=self.request_body(messages, settings),
+                                      extensions={"trace": interrupter.trace}) as events:
+                    if events.response.status_code != 200:
+                        raise self._http_error(events.response, url, interrupter.proxy)
+                    self._read_answer(events, stream, cancel, on_token)
+            except httpx2.HTTPError as exc:
+                if not cancel.cancelled:
+                    raise self._transport_error(exc, stream, interrupter.proxy) from exc
         if cancel.cancelled:
             return ChatResult(stream.text, self._stats(stream, "cancelled"), cancelled=True)
         if not stream.finish_reason:
@@ -371,8 +194,7 @@ class RemoteChatModel(ChatModel):
             raise self._cut(stream, "connection closed")
         prompt_tokens = self._usage_int("prompt_tokens", stream)
         if prompt_tokens is None:  # no request now: the server may be busy with another model's answer
-            key = tuple((m.role, m.content) for m in messages)
-            prompt_tokens = self._prompt_counts.get(key) or estimate_tokens(messages)
+            prompt_tokens = self.counter.known(messages) or estimate_tokens(messages)
         return ChatResult(stream.text, self._stats(stream, stream.finish_reason, prompt_tokens))
 
     def _cut(self, stream: _Stream, why: str) -> RemoteModelError:
@@ -382,12 +204,35 @@ class RemoteChatModel(ChatModel):
             f"complete; it may have crashed or been stopped", stream
         )
 
-    def _http_error(self, response: http.client.HTTPResponse) -> RemoteModelError:
-        detail = error_detail(response.read(ERROR_BODY_LIMIT))
+    def _transport_error(self, exc: httpx2.HTTPError, stream: _Stream, proxy: str | None) -> RemoteModelError:
+        """What went wrong on the way, in words; names the proxy (from the environment) when one was used."""
+        cause = _root_cause(exc)
+        if proxy and isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError)):
+            return self._fail(f"cannot get through the proxy {proxy} ({_os_error(cause)}); check HTTPS_PROXY / "
+                              f"HTTP_PROXY, or add this host to NO_PROXY")
+        if isinstance(exc, httpx2.ConnectTimeout):
+            return self._fail(f"no answer within {self.connect_timeout:g} s (connect timeout): is the host "
+                              f"reachable and the port open?")
+        if isinstance(exc, httpx2.TimeoutException):
+            return self._fail(f"the server sent nothing for {self.read_timeout:g} s (read timeout); it may be "
+                              f"overloaded or stuck", stream)
+        if isinstance(exc, httpx2.ConnectError):
+            if isinstance(cause, ConnectionRefusedError):
+                return self._fail("connection refused: is the server running, and on this host and port?")
+            if isinstance(cause, socket.gaierror):
+                return self._fail(f"cannot resolve host {httpx2.URL(self.endpoint).host!r} ({_os_error(cause)})")
+            if isinstance(cause, ssl.SSLError):
+                return self._fail(f"TLS handshake failed: {cause}")
+            return self._fail(f"cannot connect: {_os_error(cause)}")
+        if isinstance(exc, httpx2.SSEError):
+            return self._fail(f"malformed server-sent events: {exc}", stream)
+        return self._cut(stream, f"{type(exc).__name__}: {exc}")
+
+    def _http_error(self, response: httpx2.Response, url: str, proxy: str | None) -> RemoteModelError:
+        detail = error_detail(_read_some(response))
         said = f"; the server said: {detail}" if detail else ""
-        status = f"HTTP {response.status} {response.reason}".rstrip()
-        url = f"{self.endpoint}/chat/completions"
-        if response.status in (401, 403):
+        status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+        if response.status_code in (401, 403):
             env = self.source.api_key_env
             fix = (
                 f"check the API key in ${env}" if env else
@@ -395,54 +240,36 @@ class RemoteChatModel(ChatModel):
                 "environment variable holding it"
             )
             return self._fail(f"{status}: the API key was refused; {fix}{said}")
-        if response.status == 404:
+        if response.status_code == 404:
             return self._fail(
                 f"{status} for {url}: wrong model name ({self.source.model!r}) or wrong path (the endpoint "
                 f"is the server's OpenAI base URL, usually ending in /v1){said}"
             )
-        return self._fail(f"{status} from {url}{said}")
+        via = f" through the proxy {proxy} (NO_PROXY lists hosts reached directly)" if proxy else ""
+        return self._fail(f"{status} from {url}{via}{said}")
 
     def _read_answer(
-        self, response: http.client.HTTPResponse, stream: _Stream, cancel: CancelToken, on_token: TokenCallback
+        self, events: httpx2.EventSource, stream: _Stream, cancel: CancelToken, on_token: TokenCallback
     ) -> None:
-        content_type = (response.getheader("Content-Type") or "").lower()
-        if content_type.startswith("application/json"):  # the server ignored "stream": one JSON answer
+        response = events.response
+        content_type = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if content_type == "application/json":  # the server ignored "stream": one JSON answer
             self._on_data(response.read().decode("utf-8", errors="replace"), stream, on_token, whole=True)
             stream.done = True
             stream.finish_reason = stream.finish_reason or "stop"
             return
-        pending: list[str] = []  # data lines of an event split over several lines
-        while not cancel.cancelled:
-            raw = response.readline(MAX_LINE)
-            if not raw:
-                break
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if not line:
-                if pending:
-                    self._on_data("\n".join(pending), stream, on_token)
-                    pending.clear()
-                if stream.done:
-                    return
-                continue
-            if line.startswith(":"):  # comment: keep-alive pings
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                # Most servers send one JSON object per line: handle it now rather than at the blank
-                # line, so a server that omits blank lines still streams.
-                if not pending and _complete(value):
-                    self._on_data(value, stream, on_token)
-                    if stream.done:
-                        return
-                else:
-                    pending.append(value)
-            elif name == "error":  # llama-server reports a failure inside the stream this way
-                raise self._fail(f"the server reported an error: {error_detail(value.encode())}", stream)
-            elif name not in ("event", "id", "retry"):
-                raise self._fail(f"malformed server-sent events: unexpected line {_shorten(line)!r}", stream)
-        if pending and not cancel.cancelled:
-            self._on_data("\n".join(pending), stream, on_token)
+        if content_type != "text/event-stream":
+            page = _shorten(_read_some(response).decode("utf-8", errors="replace"))
+            raise self._fail(f"malformed server-sent events: the answer is {content_type or 'untyped'}, "
+                             f"not text/event-stream: {page!r}", stream)
+        for event in events:
+            if cancel.cancelled:
+                return
+            if event.event == "error":
+                raise self._fail(f"the server reported an error: {error_detail(event.data.encode())}", stream)
+            self._on_data(event.data, stream, on_token)
+            if stream.done:
+                return
 
     def _on_data(self, data: str, stream: _Stream, on_token: TokenCallback, whole: bool = False) -> None:
         if data.strip() == "[DONE]":
@@ -506,39 +333,78 @@ class RemoteChatModel(ChatModel):
         )
 
     def close(self) -> None:
-        """Nothing is held between calls; later calls fail clearly."""
+        """Closes the HTTP client if one was made; later calls fail clearly."""
         self._closed = True
+        if "_client" in self.__dict__:
+            self._client.close()
 
 
-@contextlib.contextmanager
-def _shutdown_on_cancel(sock: socket.socket, cancel: CancelToken) -> Iterator[None]:
-    """While inside, cancelling shuts `sock` down, so a blocked read in this thread returns at once."""
-    finished = threading.Event()
+class _Interrupter:
+    """While inside, cancelling shuts the request's socket down, so a blocked read returns at once.
 
-    def watch() -> None:
-        while not finished.is_set():
-            if cancel.wait(CANCEL_POLL):
-                if not finished.is_set():
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
+    `trace` is the request's httpx2 `trace` extension: told of each connection as it opens (TCP,
+    then TLS), it keeps the socket, and in `proxy` where it connected when that was not the
+    endpoint's host and port (a proxy from the environment).
+    """
+
+    def __init__(self, cancel: CancelToken, url: str) -> None:
+        self._cancel = cancel
+        endpoint = httpx2.URL(url)
+        self._endpoint = (endpoint.host, endpoint.port or (443 if endpoint.scheme == "https" else 80))
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._finished = threading.Event()
+        self.proxy: str | None = None
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith("connect_tcp.started"):
+            where = (info["host"], info["port"])
+            self.proxy = None if where == self._endpoint else f"{where[0]}:{where[1]}"
+        elif name.endswith(("connect_tcp.complete", "start_tls.complete")):
+            with self._lock:
+                self._socket = info["return_value"].get_extra_info("socket")
+            if self._cancel.cancelled:
+                self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock, contextlib.suppress(OSError):  # OSError: already closed
+            if self._socket is not None:
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+    def _watch(self) -> None:
+        while not self._finished.is_set():
+            if self._cancel.wait(CANCEL_POLL):
+                if not self._finished.is_set():
+                    self._shutdown()
                 return
 
-    threading.Thread(target=watch, name="moa-remote-cancel", daemon=True).start()
-    try:
-        yield
-    finally:
-        finished.set()
+    def __enter__(self) -> _Interrupter:
+        threading.Thread(target=self._watch, name="moa-remote-cancel", daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._finished.set()
 
 
-def _complete(value: str) -> bool:
-    """Whether one data line is a whole event by itself (the usual case)."""
-    if value.strip() == "[DONE]":
-        return True
-    try:
-        json.loads(value)
-    except ValueError:
-        return False
-    return True
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception httpx2 wrapped (an OSError such as ConnectionRefusedError, mostly)."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
+
+
+def _os_error(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+
+
+def _read_some(response: httpx2.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
+    """At most `limit` bytes of a streamed body (an error page or an unexpected answer)."""
+    body = b""
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    return body[:limit]
 
 
 def _shorten(text: str, limit: int = ERROR_TEXT_CHARS) -> str:
@@ -560,11 +426,6 @@ def error_detail(raw: bytes) -> str:
         if found:
             text = found if isinstance(found, str) else json.dumps(found)
     return _shorten(text)
-
-
-def estimate_tokens(messages: list[Message]) -> int:
-    """Prompt tokens when the server cannot count them: characters / 3.5 plus template overhead."""
-    return REPLY_OVERHEAD + sum(math.ceil(len(m.content) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD for m in messages)
 
 
 def open_remote(spec: ModelSpec, **timeouts: float) -> RemoteChatModel:

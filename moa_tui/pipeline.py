@@ -233,6 +233,8 @@ class MoAPipeline:
                         emit(Notice(f"{spec.id}: {notice}", ref=ref, level="info"))
                     emit(ModelStarted(ref, fit.tokens))
                     result = model.chat(fit.parts.messages(), spec.settings, cancel, on_token, session=ref.key)
+                    for message in result.notices:
+                        emit(Notice(message, ref=ref))
                 except ModelError as exc:  # one loaded model serves several ids: name the one that failed
                     raise ModelError(_renamed(str(exc), model.model_id, spec.id)) from exc
             answer.text, answer.thinking = split_thinking(result.text)  # references and the reply: no thinking

@@ -6,11 +6,16 @@ instead of from conftest or from another test module.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import socket
 import statistics
+import subprocess
+import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,3 +79,101 @@ def slowdown() -> float:
 def within(seconds: float) -> float:
     """A time limit of `seconds` on an idle machine, stretched by the slowdown measured now."""
     return seconds * slowdown()
+
+
+# -- moa as a real process ------------------------------------------------------------------------
+
+
+class Moa:
+    """`moa ask` as a child process whose stdout and stderr are read line by line as they come."""
+
+    def __init__(self, *args: str, own_session: bool = False) -> None:
+        """own_session: in a process group of its own, so a test can signal the group as a terminal does."""
+        self.proc = subprocess.Popen([sys.executable, "-m", "moa_tui.cli", "ask", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=REPO, bufsize=1,
+                                     start_new_session=own_session)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(s, b), daemon=True)
+                         for s, b in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, into: list[str]) -> None:
+        while chunk := stream.read(1):
+            into.append(chunk)
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                pytest.fail(f"moa exited ({self.proc.returncode}) before {what}: {''.join(self.err)[-2000:]}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"timed out waiting for {what}")
+            time.sleep(0.005)
+
+    def signal_and_wait(self, sig: int, timeout: float = 60) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code, time.monotonic() - started
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc: Linux)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, dead but not reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# -- the app under Pilot ------------------------------------------------------------------------
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
+    """Poll `predicate` until it holds; returns the seconds it took. Fails after `timeout`."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+async def send(pilot, text: str) -> None:
+    app = pilot.app
+    app.chat_input.focus()
+    app.chat_input.text = text
+    await pilot.press("enter")
+
+
+async def finish_turn(pilot, timeout: float = 10.0) -> None:
+    app = pilot.app
+    await wait_until(lambda: not app.running, timeout, "the turn to end")
+    await pilot.pause()

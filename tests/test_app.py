@@ -5,12 +5,10 @@ Every wait polls a condition (`wait_until`), never a fixed sleep.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +27,7 @@ from moa_tui.app.widgets.turn_view import LayerColumn
 from moa_tui.backends.scripted import ScriptedModel, ScriptedProvider
 from moa_tui.transcript import load_conversation, transcripts_dir
 
-from .helpers import SHIPPED_CONFIG, within
+from .helpers import SHIPPED_CONFIG, finish_turn, send, wait_until, within
 
 YAML = """
     version: 1
@@ -88,16 +86,6 @@ def make_app(config, scripts: dict | None = None, *, missing=None, **kwargs) -> 
     return MoAApp(config, provider=provider, **kwargs)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
-    """Poll `predicate` until it holds; returns the seconds it took. Fails after `timeout`."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
-
-
 def panes(app: MoAApp) -> dict[str, ModelPane]:
     return {pane.ref.model_id: pane for pane in app.screen.query(ModelPane)}
 
@@ -109,19 +97,6 @@ def screen_text(app: MoAApp) -> str:
 
 def notifications(app: MoAApp) -> list[str]:
     return [f"{n.title}: {n.message}" for n in app._notifications]
-
-
-async def send(pilot, text: str) -> None:
-    app = pilot.app
-    app.chat_input.focus()
-    app.chat_input.text = text
-    await pilot.press("enter")
-
-
-async def finish_turn(pilot, timeout: float = 10.0) -> None:
-    app = pilot.app
-    await wait_until(lambda: not app.running, timeout, "the turn to end")
-    await pilot.pause()
 
 
 # -- a turn -------------------------------------------------------------------------------------

@@ -606,6 +606,7 @@ BAD_SETTINGS: list[tuple[str, str, str]] = [
     ("stop", "['']", "stop strings must not be empty"), ("stop", "[1]", "expected a string or a list of strings"),
     ("stop", "{a: b}", "expected a string or a list of strings"),
     ("system_prompt", "''", "expected a non-empty string"), ("system_prompt", "[hi]", "expected a non-empty string"),
+    ("hang_timeout", "0", "must be a number of seconds greater than 0"), ("hang_timeout", "'2m'", "expected a number"),
 ]
 for _key, _value, _fragment in BAD_SETTINGS:
     CONTRACT[f"model {_key}: {_value}"] = (one_model(f"{{id: a, source: {{path: a.gguf}}, {_key}: {_value}}}"),

@@ -59,7 +59,7 @@ from moa_tui.transcript import (
 )
 
 from .gguf_factory import copy_prefix
-from .helpers import REPO, within
+from .helpers import REPO, Moa, within
 from .hub_server import FakeHub, use_hub
 
 STOP_WITHIN = 0.5  # seconds from cancel to a generating model's end
@@ -439,51 +439,6 @@ def test_cancel_during_a_download_stops_it_and_no_half_file_counts_as_a_model(mo
 # -- Ctrl+C on `moa ask`: a real SIGINT at each stage ----------------------------------------------
 
 
-class Moa:
-    """`moa ask` as a child process whose stdout and stderr are read line by line as they come."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "moa_tui.cli", "ask", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=REPO, bufsize=1)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(s, b), daemon=True)
-                         for s, b in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream, into: list[str]) -> None:
-        while chunk := stream.read(1):
-            into.append(chunk)
-
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.proc.poll() is not None:
-                pytest.fail(f"moa exited ({self.proc.returncode}) before {what}: {''.join(self.err)[-2000:]}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"timed out waiting for {what}")
-            time.sleep(0.005)
-
-    def signal_and_wait(self, sig: int, timeout: float = 60) -> tuple[int, float]:
-        started = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return code, time.monotonic() - started
-
-    @property
-    def stdout(self) -> str:
-        return "".join(self.out)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.err)
-
-
 def log_says(text: str) -> Callable[[], bool]:
     log = Path(os.environ["MOA_LOG_FILE"])
     return lambda: log.is_file() and text in log.read_text(encoding="utf-8", errors="replace")
@@ -775,7 +730,8 @@ async def test_escape_in_the_app_at_each_stage_stops_within_half_a_second(stage,
     from moa_tui.app.screens.downloads import DownloadScreen
     from moa_tui.app.widgets.model_pane import ModelPane
 
-    from .test_app import YAML, finish_turn, send, wait_until
+    from .helpers import finish_turn, send, wait_until
+    from .test_app import YAML
 
     def panes(app) -> dict[str, ModelPane]:  # the turn's panes, also while a dialog is over them
         return {pane.ref.model_id: pane for pane in app.screen_stack[0].query(ModelPane)}

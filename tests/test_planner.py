@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from moa_tui.backends.base import CancelToken
+from moa_tui.backends.base import CancelToken, ChatModel
 from moa_tui.backends.llama import LlamaChatModel
 from moa_tui.backends.pool import ModelPool
 from moa_tui.config import ModelSettings, load_config
@@ -312,18 +312,17 @@ class CountingLoader:
 
 
 def test_shipped_pipelines_load_each_file_once(monkeypatch, gemma_path):
-    """`tiny` (SmolLM2 in three roles + Gemma) and `self-moa` (three samples + final): Llama() once per file."""
-    import llama_cpp
+    """`tiny` (SmolLM2 in three roles + Gemma) and `self-moa` (three samples + final): one worker per file."""
+    from moa_tui.backends import supervisor
 
     constructed: list[str] = []
-    real = llama_cpp.Llama
+    real_init = supervisor.WorkerModel.__init__
 
-    class Counting(real):
-        def __init__(self, *args, **kwargs):
-            constructed.append(os.path.basename(kwargs["model_path"]))
-            super().__init__(*args, **kwargs)
+    def counting(self, model_id, path, settings, **kwargs):
+        constructed.append(os.path.basename(path))
+        real_init(self, model_id, path, settings, **kwargs)
 
-    monkeypatch.setattr(llama_cpp, "Llama", Counting)
+    monkeypatch.setattr(supervisor.WorkerModel, "__init__", counting)
     config = load_config(SHIPPED_CONFIG)
     for name, files in (("tiny", ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]),
                         ("self-moa", ["SmolLM2-135M-Instruct.Q4_1.gguf"])):
@@ -550,11 +549,11 @@ async def test_f2_in_the_app_shows_the_plan_the_pool_follows(gemma_path, smollm2
         await pilot.press("ctrl+q")
 
 
-class ThreadAsks:
+class ThreadAsks(ChatModel):
     """A stand-in model for the pool's core sharing: it only notes the thread counts it is given."""
 
     def __init__(self, model_id, path, settings):
-        self.model_id, self.n_ctx, self.notices = model_id, settings.n_ctx or 2048, []
+        self.model_id, self.n_ctx, self.notices = model_id, settings.n_ctx, []
         self.given: list[int] = []  # set_threads: before an answer, by the thread holding the model
         self.asked: list[int] = []  # request_threads: from another thread, while answering
 
@@ -563,9 +562,6 @@ class ThreadAsks:
 
     def request_threads(self, n: int) -> None:
         self.asked.append(n)
-
-    def close(self) -> None:
-        pass
 
 
 def test_models_still_answering_take_the_cores_of_those_done_and_give_them_back(write_config, smollm2_path):

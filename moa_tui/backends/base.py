@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import MemoryBudget, ModelSettings, ModelSpec, Pipeline
@@ -17,13 +17,37 @@ if TYPE_CHECKING:
 
 
 class CancelToken:
-    """Set once to stop every running model; checked between tokens and during prompt eval."""
+    """Set once to stop every running model; checked between tokens and during prompt eval.
+
+    A model in another process cannot read it: it registers a callback (`on_cancel`) that passes the
+    cancel on the moment it happens.
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
 
     def cancel(self) -> None:
-        self._event.set()
+        with self._lock:
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when cancelled (now, if already); returns a function that unregisters it."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
     @property
     def cancelled(self) -> bool:
@@ -50,6 +74,7 @@ class ChatResult:
     text: str
     stats: GenerationStats
     cancelled: bool = False
+    notices: list[str] = field(default_factory=list)  # things that happened on the way (a healed worker)
 
 
 @dataclass
@@ -96,6 +121,10 @@ class ChatModel:
         without such state accept and ignore it.
         """
         raise NotImplementedError
+
+    def usable(self) -> bool:
+        """False once the model can no longer answer (released, or its worker died): the pool loads it again."""
+        return True
 
     def set_threads(self, n_threads: int) -> None:
         """Use `n_threads` CPU threads from the next answer on (only while no answer runs)."""

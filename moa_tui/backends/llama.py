@@ -647,6 +647,9 @@ class LlamaChatModel(ChatModel):
         stats.finish_reason = finish
         return ChatResult(text="".join(parts), stats=stats, cancelled=finish == "cancelled")
 
+    def usable(self) -> bool:
+        return not self._closed
+
     def close(self) -> None:
         """Free the model's memory. The caller guarantees no thread still uses it."""
         if not self._closed:

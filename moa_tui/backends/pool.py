@@ -212,7 +212,7 @@ class ModelPool(ModelProvider):
         self._files[spec.id] = ModelFileInfo(str(resolved.path), resolved.size, spec.source.describe())
         return str(resolved.path)
 
-    def _load(self, spec: ModelSpec, path: str, decision: ModelPlan | None) -> ChatModel:
+    def _load(self, spec: ModelSpec, path: str, decision: ModelPlan | None, cancel: CancelToken) -> ChatModel:
         if isinstance(spec.source, EndpointSource):
             from .openai_http import open_remote
 
@@ -226,9 +226,9 @@ class ModelPool(ModelProvider):
             self.loads += 1
         if self._loader is not None:
             return self._loader(spec.id, path, settings)
-        from .llama import LlamaChatModel
+        from .supervisor import WorkerModel
 
-        return LlamaChatModel(spec.id, path, settings)
+        return WorkerModel(spec.id, path, settings, cancel=cancel)
 
     @staticmethod
     def _preflight(model_id: str, settings: ModelSettings, path: str) -> None:
@@ -261,7 +261,7 @@ class ModelPool(ModelProvider):
                 return entry
             decision = self._decision(spec)
             emit(ModelLoading(ref, path))
-            model = self._load(spec, path, decision)
+            model = self._load(spec, path, decision, cancel)
             swapped = decision is not None and not decision.resident and not decision.remote
             entry = _Entry(model=model, lock=threading.Lock(), key=key, swapped=swapped)
             with self._guard:
@@ -299,9 +299,11 @@ class ModelPool(ModelProvider):
                         if self._first_time_here(message):
                             emit(Notice(message, ref=ref))
             entry.lock.acquire()
-            if not entry.closed:
+            if not entry.closed and entry.model.usable():
                 return entry
             entry.lock.release()
+            if not entry.closed:  # its worker died (a crash, the watchdog): the next use loads it afresh
+                self._release(entry)
 
     @contextlib.contextmanager
     def open(self, spec: ModelSpec, ref: ModelRef, emit: Emit, cancel: CancelToken) -> Iterator[ChatModel]:

@@ -176,4 +176,5 @@ SETTING_CHECKS: dict[str, Callable[[Any], Any]] = {
     "repeat_penalty": ranged(number, lambda v: v > 0, "greater than 0"),
     "stop": _stop,
     "system_prompt": text,
+    "hang_timeout": ranged(number, lambda v: v > 0, "a number of seconds greater than 0"),
 }

@@ -40,6 +40,7 @@ class ModelSettings:
     repeat_penalty: float = 1.1
     stop: tuple[str, ...] = ()
     system_prompt: str | None = None
+    hang_timeout: float = 120.0  # seconds an answer may show no progress before its worker is ended
 
     def to_dict(self) -> dict:
         """The settings as plain JSON values (what a transcript records); unset choices left out."""

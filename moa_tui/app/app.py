@@ -12,6 +12,8 @@ How the pieces meet:
   answer's last Markdown block and repaints only the lines that changed: widgets/stream_view.py);
   other events are applied in order. Between turns the clock stops.
 - No full garbage collection runs while a turn streams (`GcPolicy`).
+- Model downloads (models missing when a pipeline is chosen, or a file a turn needs) belong to
+  `DownloadController` (download_controller.py): its threads use the same buffer.
 - Esc sets the turn's CancelToken: the models stop between tokens, the pipeline reports them as
   cancelled with their partial text, and the panes show that.
 - Quitting, switching pipeline, opening or starting a conversation first cancel the turn and wait
@@ -24,26 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from textual.app import App
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.content import Content
-from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Header
 from textual.worker import Worker, get_current_worker
 
 from ..backends.base import CancelToken, ModelProvider
-from ..config import Config, ModelSpec
+from ..config import Config
 from ..events import (
     DownloadProgress,
     ModelFailed,
@@ -67,6 +65,10 @@ from ..transcript import (
     resolve_transcript,
 )
 from .commands import MoACommands
+from .download_controller import MESSAGES as DOWNLOAD_MESSAGES
+from .download_controller import DownloadController, Puller
+from .event_buffer import BufferWake, EventBuffer, TurnEnded
+from .gc_policy import GcPolicy
 from .keys import COMMANDS as APP_COMMANDS
 from .text import layout_text, one_line
 from .widgets.chat_input import ChatInput
@@ -74,126 +76,11 @@ from .widgets.footer import QuietFooter
 from .widgets.history import HistoryPanel, TurnCard
 from .widgets.turn_view import TurnView, turn_header
 
-if TYPE_CHECKING:  # the screens are imported when first shown: a faster first frame
-    from .screens.downloads import DownloadScreen
+__all__ = ["EventBuffer", "MoAApp", "TurnEnded", "run_app"]
 
 TEXT_INTERVAL = 1 / 8  # seconds between two drains of streamed tokens while a turn runs (one screen update each)
 TICK_INTERVAL = 0.25  # live timings (thinking time, tokens/s) refresh
 NARROW_BELOW = 90  # columns: below this, layers stack vertically and the history hides
-
-Puller = Callable[[ModelSpec, Callable[[str, int, "int | None", float], None], Callable[[], bool]], object]
-
-
-def default_puller(spec: ModelSpec, on_progress, cancel) -> object:
-    """Download one model's files (moa_tui.models; imported only when a download is needed)."""
-    from ..models import resolve_model
-
-    return resolve_model(spec, offline=False, on_progress=on_progress, cancel=cancel)
-
-
-class EventBuffer:
-    """Where worker threads leave events for the UI: appending never blocks on the screen."""
-
-    def __init__(self, wake: Callable[[], object] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._items: list = []
-        self.urgent = False  # something other than a token waits
-        self.wake = wake  # called (in the pushing thread) when the first such event arrives
-
-    def push(self, item) -> None:
-        wake = None
-        with self._lock:
-            self._items.append(item)
-            if type(item) is not Token and not self.urgent:
-                self.urgent, wake = True, self.wake
-        if wake is not None:
-            wake()
-
-    def take(self) -> list:
-        with self._lock:
-            items, self._items = self._items, []
-            self.urgent = False
-        return items
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-
-# Messages of the app's own threads, through the same buffer as pipeline events.
-
-
-@dataclass(frozen=True)
-class TurnEnded:
-    """The turn thread is done (after TurnFinished; `error` if the engine itself broke)."""
-
-    index: int
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelsChecked:
-    pipeline: str
-    missing: list[str]
-    specs: list[ModelSpec] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class PullProgress:
-    label: str
-    filename: str
-    downloaded: int
-    total: int | None
-    rate: float
-
-
-@dataclass(frozen=True)
-class PullFailed:
-    label: str
-    message: str
-
-
-@dataclass(frozen=True)
-class PullEnded:
-    cancelled: bool
-    failed: int
-    pulled: int
-
-
-class BufferWake(Message):
-    """The event buffer got something other than a token: apply it now (posted from a worker thread)."""
-
-
-class GcPolicy:
-    """No full garbage collection while a turn streams.
-
-    A full collection walks every tracked object and stops the world while it does: with Textual,
-    Rich and Pygments loaded that took 150-240 ms on a slow CPU, and one landing mid-stream froze
-    every pane that long (benchmarks/bench_app.py). So: what is alive after start-up (modules,
-    classes, the app itself) is frozen out of the collector (gc.freeze); while a turn runs, only
-    the cheap young-generation collections happen (reference counting frees almost everything
-    anyway); when the turn ends, a full collection runs once, and the old settings come back.
-    """
-
-    def __init__(self) -> None:
-        self._thresholds = gc.get_threshold()
-        self._turns = 0
-
-    def started(self) -> None:
-        gc.collect()
-        gc.freeze()
-
-    def turn_started(self) -> None:
-        self._turns += 1
-        young, middle, _ = self._thresholds
-        gc.set_threshold(young, middle, 1_000_000)  # generation 2 practically never on its own
-
-    def turn_ended(self) -> None:
-        self._turns = max(0, self._turns - 1)
-        if not self._turns:
-            gc.set_threshold(*self._thresholds)
-            gc.collect()
 
 
 class MoAApp(App[int]):
@@ -232,7 +119,7 @@ class MoAApp(App[int]):
         self.provider = provider
         self.timings = timings
         self.clock = clock
-        self.puller: Puller = puller or default_puller
+        self.downloads = DownloadController(self, puller)
         if resume is not None:
             self.conversation: Conversation = load_conversation(Path(resume))
             if pipeline_name is None and self.conversation.pipeline in config.pipelines:
@@ -253,16 +140,17 @@ class MoAApp(App[int]):
         self._turn_text = ""
         self._turn_started = 0.0
         self._turn_finished: TurnFinished | None = None
-        self._download_screen: DownloadScreen | None = None  # screens are imported when first shown
-        self._download_mode = ""  # "pull" (before any turn) or "turn" (a turn needs a file)
-        self._pull_cancel: threading.Event | None = None
-        self._pull_worker: Worker | None = None
         self._view_lock = asyncio.Lock()
         self._ticked = 0.0  # time.monotonic() of the last refresh of the live timings
         self._drain_timer: Timer | None = None
         self._header_status = ""  # the running turn's status, as shown in the header
         self.turn_ended_at: float | None = None  # time.perf_counter() when the last turn's end was shown
         self._shut_down = False  # not `_closed`: Textual's MessagePump uses that name (a closed message loop)
+
+    @property
+    def shutting_down(self) -> bool:
+        """Quitting has begun: no new turn, screen or download starts."""
+        return self._shut_down
 
     def _make_pipeline(self, name: str | None) -> MoAPipeline:
         return MoAPipeline(self.config, name, provider=self.provider, offline=self.offline)
@@ -296,7 +184,7 @@ class MoAApp(App[int]):
         self.buffer.wake = lambda: self.post_message(BufferWake())  # post_message is thread-safe
         self._drain_timer = self.set_interval(TEXT_INTERVAL, self._on_clock, name="drain", pause=True)
         self.chat_input.focus()
-        self._check_models()
+        self.downloads.check(self.pipeline)
         if self.gc_policy is not None:
             self.call_after_refresh(self.gc_policy.started)
 
@@ -469,7 +357,7 @@ class MoAApp(App[int]):
                 await view.show_layout(item.layers, self._layer_names(item.pipeline, len(item.layers)))
         elif isinstance(item, DownloadProgress):
             view.handle(item)
-            await self._turn_download(item)
+            await self.downloads.turn_download(item)
         elif isinstance(item, Notice):
             view.handle(item)
             severity = {"info": "information", "warning": "warning", "error": "error"}[item.level]
@@ -479,24 +367,14 @@ class MoAApp(App[int]):
             await self._turn_finished_event(item)
         elif isinstance(item, TurnEnded):
             await self._turn_ended(item)
-        elif isinstance(item, ModelsChecked):
-            await self._models_checked(item)
-        elif isinstance(item, PullProgress):
-            if self._download_screen is not None:
-                await self._download_screen.progress(item.label, item.filename, item.downloaded, item.total,
-                                                     item.rate)
-        elif isinstance(item, PullFailed):
-            if self._download_screen is not None:
-                await self._download_screen.failed(item.label, item.message)
-            self.notify(item.message, title=f"{item.label}: download failed", severity="error", markup=False)
-        elif isinstance(item, PullEnded):
-            self._pull_ended(item)
+        elif isinstance(item, DOWNLOAD_MESSAGES):
+            await self.downloads.handle(item)
         else:
             view.handle(item)
             if isinstance(item, ModelFailed):
                 self.notify(item.error, title=f"{item.ref.model_id} failed", severity="error", markup=False)
             if isinstance(item, (ModelLoading, ModelStarted, ModelFinished, ModelFailed)):
-                self._close_turn_download()
+                self.downloads.close_turn_download()
 
     async def _turn_finished_event(self, event: TurnFinished) -> None:
         self._turn_finished = event
@@ -521,7 +399,7 @@ class MoAApp(App[int]):
             status = self._turn_finished.status if self._turn_finished else "failed"
             self.turn_view.end_turn(status)
         finally:
-            self._close_turn_download()
+            self.downloads.close_turn_download()
             if item.error:
                 self.notify(item.error, title="moa-tui", severity="error", markup=False)
                 if self._turn_finished is None:
@@ -540,113 +418,6 @@ class MoAApp(App[int]):
                 if self.screen is self.screen_stack[0] and self.focused is None:
                     self.chat_input.focus()
             self.refresh_bindings()
-
-    # -- downloads ------------------------------------------------------------------------------
-
-    async def _turn_download(self, event: DownloadProgress) -> None:
-        """A running turn needs a file: show the download screen (Esc there cancels the turn)."""
-        label = event.ref.model_id if event.ref is not None else "download"
-        if self._download_screen is None:
-            who = f"{label} is" if event.ref is not None else "Some models are"
-            from .screens.downloads import DownloadScreen
-
-            screen = DownloadScreen(f"{who} not on disk yet; downloading for this turn (once: it stays cached).",
-                                    self.action_cancel_turn, timings=self.timings)
-            self._download_screen, self._download_mode = screen, "turn"
-            await self.push_screen(screen)
-        if self._download_mode == "turn":
-            await self._download_screen.progress(label, event.filename, event.downloaded, event.total, event.rate)
-
-    def _close_turn_download(self) -> None:
-        if self._download_screen is not None and self._download_mode == "turn":
-            screen, self._download_screen = self._download_screen, None
-            screen.close()
-
-    def _check_models(self) -> None:
-        """Are the pipeline's models on disk? Asked in a thread (it may look into caches)."""
-        pipeline = self.pipeline
-
-        def check() -> None:
-            try:
-                missing = pipeline.missing_models()
-                specs = [s for s in pipeline.pipeline.all_models() if pipeline.provider.missing_models([s])]
-                self.buffer.push(ModelsChecked(pipeline.pipeline.name, missing, specs))
-            except Exception as exc:  # a broken cache must not keep the app from starting
-                self.buffer.push(ModelsChecked(pipeline.pipeline.name, [], [], f"{type(exc).__name__}: {exc}"))
-
-        self.run_worker(check, name="moa-check-models", group="check", thread=True, exit_on_error=False)
-
-    async def _models_checked(self, item: ModelsChecked) -> None:
-        if item.pipeline != self.pipeline_name or self._shut_down:
-            return
-        if item.error:
-            self.notify(item.error, title="Could not check the models on disk", severity="warning", markup=False)
-        if not item.missing:
-            return
-        if self.offline:
-            from .screens.downloads import MissingModelsScreen
-
-            await self.push_screen(MissingModelsScreen(self.pipeline_name, item.missing))
-            return
-        if self.running or self._download_screen is not None:
-            return
-        names = ", ".join(s.id for s in item.specs) or ", ".join(item.missing)
-        cancel = threading.Event()
-        self._pull_cancel = cancel
-        from .screens.downloads import DownloadScreen
-
-        screen = DownloadScreen(f"Not on disk yet: {names}. Downloading once; they stay in the cache.",
-                                cancel.set, timings=self.timings)
-        self._download_screen, self._download_mode = screen, "pull"
-        self.chat_input.disabled = True
-        await self.push_screen(screen)
-        specs = list(item.specs)
-        self._pull_worker = self.run_worker(partial(self._pull_thread_main, specs, cancel), name="moa-pull",
-                                            group="pull", thread=True, exit_on_error=False)
-
-    def _pull_thread_main(self, specs: list[ModelSpec], cancel: threading.Event) -> None:
-        push = self.buffer.push
-        seen: set[str] = set()
-        failed = pulled = 0
-        try:
-            for spec in specs:
-                if cancel.is_set():
-                    break
-                source = spec.source.describe()
-                if source in seen:
-                    continue
-                seen.add(source)
-
-                def progress(filename: str, downloaded: int, total: int | None, rate: float, _label=spec.id) -> None:
-                    push(PullProgress(_label, filename, downloaded, total, rate))
-
-                try:
-                    self.puller(spec, progress, cancel.is_set)
-                    pulled += 1
-                except Exception as exc:  # every failure is shown; the other models still come
-                    if not cancel.is_set():
-                        failed += 1
-                        push(PullFailed(spec.id, str(exc)))
-        finally:
-            push(PullEnded(cancel.is_set(), failed, pulled))
-
-    def _pull_ended(self, item: PullEnded) -> None:
-        screen, self._download_screen = self._download_screen, None
-        self._pull_cancel = None
-        self._pull_worker = None
-        if screen is not None:
-            screen.close()
-        if not self.running and not self._shut_down:
-            self.chat_input.disabled = False
-            self.chat_input.focus()
-        if item.cancelled:
-            self.notify("Models still missing are downloaded when a turn needs them, or run `moa pull`.",
-                        title="Download cancelled", severity="warning", markup=False)
-        elif item.failed:
-            self.notify(f"{item.failed} model(s) could not be downloaded; turns will fail for them.",
-                        title="Download failed", severity="error", markup=False)
-        else:
-            self.notify(f"{item.pulled} model(s) ready.", title="Download complete")
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -741,8 +512,7 @@ class MoAApp(App[int]):
             return
         await self.stop_turn()
         old = self.pipeline
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
         self.pipeline = self._make_pipeline(name)
         self.pipeline_name = name
         self.conversation.pipeline = name
@@ -753,7 +523,7 @@ class MoAApp(App[int]):
         self._update_titles()
         self.notify(f"{layout_text(self.pipeline.pipeline)}. {self.pipeline.pipeline.description}".strip(),
                     title=f"Pipeline {name}", markup=False)
-        self._check_models()
+        self.downloads.check(self.pipeline)
 
     def action_help(self) -> None:
         from .screens.help import HelpScreen
@@ -794,20 +564,16 @@ class MoAApp(App[int]):
         if self._shut_down:
             return
         self._shut_down = True
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
         await self.stop_turn()
-        if self._pull_worker is not None:
-            with contextlib.suppress(Exception):  # a download that does not stop in time: left to exit
-                await asyncio.wait_for(self._pull_worker.wait(), timeout=5)
+        await self.downloads.wait_for_pull(timeout=5)
         await asyncio.to_thread(self.pipeline.close)
 
     def on_unmount(self) -> None:
         """However the app ends, no model keeps running for it."""
         if self._cancel is not None:
             self._cancel.cancel()
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
 
     def shutdown_sync(self, timeout: float = 30.0) -> None:
         """After the app loop ended some other way: stop the turn thread, then free the models."""
@@ -816,8 +582,7 @@ class MoAApp(App[int]):
         self._shut_down = True
         if self._cancel is not None:
             self._cancel.cancel()
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
         self._turn_done.wait(timeout)
         self.pipeline.close()
 

@@ -58,12 +58,12 @@ from ..transcript import (
     Conversation,
     TranscriptError,
     TurnRecord,
-    export_markdown_file,
     list_conversations,
     load_conversation,
     new_conversation,
     resolve_transcript,
 )
+from ..transcript_markdown import export_markdown_file
 from .commands import MoACommands
 from .download_controller import MESSAGES as DOWNLOAD_MESSAGES
 from .download_controller import DownloadController, Puller

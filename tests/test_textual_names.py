@@ -73,9 +73,11 @@ def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
-def test_the_walk_finds_our_widgets_screens_and_the_app():
+def test_the_walk_finds_our_widgets_screens_the_app_and_its_mixins():
     names = {cls.__name__ for cls in _our_textual_classes()}
     assert {"MoAApp", "MarkdownView", "ModelPane", "ChatInput", "TurnScreen", "QuietFooter"} <= names
+    app = next(cls for cls in _our_textual_classes() if cls.__name__ == "MoAApp")
+    assert {"_open_chosen", "_last_turn_refused", "action_copy_code"} <= _our_names(app)  # from the mixins
 
 
 class _BrokenView(ScrollView):
@@ -93,11 +95,16 @@ def test_the_check_catches_the_collisions_that_broke_the_app():
         assert {n for n in _source_names(broken) if n in _textual_names(broken)} == {name}
 
 
+def _our_names(cls: type) -> set[str]:
+    """Names `cls` and our own classes in its MRO define (the app's mixins are part of it)."""
+    return {name for base in cls.__mro__ if base.__module__.startswith("moa_tui.") for name in _source_names(base)}
+
+
 def test_no_private_name_of_ours_hides_one_of_textuals():
     clashes = []
     for cls in _our_textual_classes():
         theirs = _textual_names(cls)
-        for name in sorted(_source_names(cls)):
+        for name in sorted(_our_names(cls)):
             if _is_private(name) and name in theirs and not name.startswith(HANDLER_PREFIX):
                 clashes.append(f"{cls.__module__}.{cls.__qualname__}.{name} hides {theirs[name]}.{name}")
     assert not clashes, "rename these (Textual uses the name for its own state):\n" + "\n".join(clashes)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,18 +54,13 @@ from ..events import (
     TurnFinished,
     TurnStarted,
 )
+from ..input_history import load_history, save_draft, take_draft
 from ..pipeline import MoAPipeline
-from ..transcript import (
-    Conversation,
-    TranscriptError,
-    TurnRecord,
-    list_conversations,
-    load_conversation,
-    new_conversation,
-    resolve_transcript,
-)
-from ..transcript_markdown import export_markdown_file
+from ..settings import load_settings, save_settings
+from ..transcript import Conversation, TurnRecord, load_conversation, new_conversation
 from .commands import MoACommands
+from .conversation_actions import ConversationActions
+from .copying import CopyActions
 from .download_controller import MESSAGES as DOWNLOAD_MESSAGES
 from .download_controller import DownloadController, Puller
 from .event_buffer import BufferWake, EventBuffer, TurnEnded
@@ -83,7 +79,7 @@ TICK_INTERVAL = 0.25  # live timings (thinking time, tokens/s) refresh
 NARROW_BELOW = 90  # columns: below this, layers stack vertically and the history hides
 
 
-class MoAApp(App[int]):
+class MoAApp(ConversationActions, CopyActions, App[int]):
     """Chat with a Mixture of Agents of local models."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
@@ -91,7 +87,7 @@ class MoAApp(App[int]):
     COMMANDS = App.COMMANDS | {MoACommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]
     BINDINGS = [
-        Binding(command.key, command.action, command.short, tooltip=command.help, priority=command.key == "ctrl+q")
+        Binding(command.key, command.action, command.short, tooltip=command.help, priority=command.priority)
         for command in APP_COMMANDS
     ]
 
@@ -145,6 +141,7 @@ class MoAApp(App[int]):
         self._drain_timer: Timer | None = None
         self._header_status = ""  # the running turn's status, as shown in the header
         self.turn_ended_at: float | None = None  # time.perf_counter() when the last turn's end was shown
+        self.draft_kept = False  # quitting kept an unsent message for the next start
         self._shut_down = False  # not `_closed`: Textual's MessagePump uses that name (a closed message loop)
 
     @property
@@ -162,8 +159,8 @@ class MoAApp(App[int]):
         with Horizontal(id="main"):
             yield HistoryPanel(id="history")
             yield TurnView(timings=self.timings, clock=self.clock, id="turn")
-        yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter or Ctrl+J: new line · "
-                                                "Up: last message · F1: help")
+        yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter: new line · "
+                                                "Up: earlier messages · F1: help")
         yield QuietFooter()
 
     @property
@@ -179,11 +176,20 @@ class MoAApp(App[int]):
         return self.query_one("#input", ChatInput)
 
     async def on_mount(self) -> None:
-        self._update_titles()
-        await self._show_conversation()
+        self._apply_saved_theme()
+        self.update_titles()
+        await self.show_conversation()
         self.buffer.wake = lambda: self.post_message(BufferWake())  # post_message is thread-safe
         self._drain_timer = self.set_interval(TEXT_INTERVAL, self._on_clock, name="drain", pause=True)
+        self.chat_input.sent = load_history()
+        draft = take_draft()
+        if draft:
+            self.chat_input.text = draft
+            self.chat_input.move_cursor(self.chat_input.document.end)
+            self.notify("The message you had not sent when moa-tui quit is back in the box.", title="moa-tui")
         self.chat_input.focus()
+        # Enter on a pane shows it full screen; Esc (Textual's) returns: the footer must say which Esc does.
+        self.watch(self.screen, "maximized", lambda _: self.screen.refresh_bindings(), init=False)
         self.downloads.check(self.pipeline)
         if self.gc_policy is not None:
             self.call_after_refresh(self.gc_policy.started)
@@ -197,14 +203,27 @@ class MoAApp(App[int]):
             return []
         return [layer.name for layer in pipeline.layers]
 
-    def _update_titles(self) -> None:
+    def _apply_saved_theme(self) -> None:
+        """The theme picked in the palette last time; every later pick is saved (settings.json)."""
+        saved = load_settings().theme
+        if saved and saved in self.available_themes:
+            self.theme = saved
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+
+    def _theme_changed(self, theme) -> None:
+        settings = load_settings()
+        if settings.theme != theme.name:
+            settings.theme = theme.name
+            save_settings(settings)
+
+    def update_titles(self) -> None:
         title = one_line(self.conversation.title, 50)
         self.sub_title = f"{self.pipeline_name}" + (f" · {title}" if title else "")
 
-    async def _show_conversation(self) -> None:
-        """History, recall list and the grid for the current conversation."""
+    async def show_conversation(self) -> None:
+        """History and the grid for the current conversation (a message being edited stays as typed)."""
+        self.chat_input.end_edit(restore=False)
         await self.history.show_conversation(self.conversation)
-        self.chat_input.sent = [turn.user_message for turn in self.conversation.turns]
         turns = self.conversation.turns
         async with self._view_lock:
             if turns:
@@ -229,19 +248,21 @@ class MoAApp(App[int]):
     # -- a turn ---------------------------------------------------------------------------------
 
     async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
-        await self.send(message.text)
+        await self.send(message.text, replace_last=message.replace)
 
     def on_chat_input_refused(self, message: ChatInput.Refused) -> None:
         self.notify("A turn is running: your message stays in the box until it ends. Esc cancels the turn.",
                     title="Not sent yet", severity="warning", timeout=3, markup=False)
 
-    async def send(self, text: str) -> None:
-        """Start a turn with `text` (what Enter in the message box does)."""
+    async def send(self, text: str, *, replace_last: bool = False) -> None:
+        """Start a turn with `text` (what Enter in the message box does); `replace_last`: in the last
+        turn's place (regenerate, edit and resend: the pipeline keeps the replaced turn in the new one)."""
         if self.running or self._shut_down or not text.strip():
             return
+        replace_last = replace_last and bool(self.conversation.turns)
         self.running = True
         self.chat_input.set_busy(True)
-        self._turn_index = index = len(self.conversation.turns)
+        self._turn_index = index = len(self.conversation.turns) - replace_last
         self._turn_text = text
         self._turn_finished = None
         self._turn_started = self.clock()
@@ -253,26 +274,29 @@ class MoAApp(App[int]):
             # The models start first; the screen gets ready meanwhile (their events wait in the
             # buffer until it is: a drain needs the view lock).
             self._turn_worker = self.run_worker(
-                partial(self._turn_thread_main, self.pipeline, self.conversation, text, cancel, index),
+                partial(self._turn_thread_main, self.pipeline, self.conversation, text, cancel, replace_last),
                 name="moa-turn", group="turn", thread=True, exit_on_error=False,
             )
             await asyncio.sleep(0)  # the worker's task starts its thread now, not after the work below
             await self.turn_view.show_layout(self.pipeline.refs(), self._layer_names())
             self._header_status = ""
             self._set_running_header()
+            if replace_last:
+                await self.history.remove_turn(index)
             await self.history.add_turn(index, text)
         if self._drain_timer is not None:
             self._drain_timer.resume()
         self.refresh_bindings()
 
     def _turn_thread_main(self, pipeline: MoAPipeline, conversation: Conversation, text: str,
-                          cancel: CancelToken, index: int) -> None:
+                          cancel: CancelToken, replace_last: bool) -> None:
         """Runs in the worker thread: events go to the buffer, nothing else."""
         push = self.buffer.push
         worker = get_current_worker()
+        index = len(conversation.turns) - replace_last
         error = None
         try:
-            for event in pipeline.run_turn(conversation, text, cancel):
+            for event in pipeline.run_turn(conversation, text, cancel, replace_last=replace_last):
                 push(event)
                 if worker.is_cancelled:  # the app is shutting down
                     cancel.cancel()
@@ -391,7 +415,7 @@ class MoAApp(App[int]):
         elif event.status == "cancelled":
             self.notify("Partial answers are kept, marked cancelled.", title="Turn cancelled", severity="warning")
         self.turn_view.set_header(turn_header(self._turn_text, status))
-        self._update_titles()
+        self.update_titles()
 
     async def _turn_ended(self, item: TurnEnded) -> None:
         self.turn_ended_at = time.perf_counter()
@@ -424,6 +448,8 @@ class MoAApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_turn":
             return True if self.running else None  # shown greyed out when no turn runs
+        if action in ("regenerate", "edit_last"):
+            return None if self.running or not self.conversation.turns else True
         return True
 
     def action_cancel_turn(self) -> None:
@@ -441,61 +467,6 @@ class MoAApp(App[int]):
             with contextlib.suppress(Exception):  # the thread reports its own errors through the buffer
                 await worker.wait()
         await self.drain()
-
-    async def action_new_conversation(self) -> None:
-        await self.stop_turn()
-        self.conversation = new_conversation(self.pipeline_name, str(self.config.path))
-        await self._show_conversation()
-        self._update_titles()
-        self.notify("New conversation.", title="moa-tui")
-
-    def action_open_transcript(self) -> None:
-        try:
-            summaries = list_conversations()
-        except (OSError, TranscriptError) as exc:
-            self.notify(str(exc), title="Cannot list transcripts", severity="error", markup=False)
-            return
-        from .screens.transcripts import OpenTranscriptScreen
-
-        self.push_screen(OpenTranscriptScreen(summaries), self._open_chosen)
-
-    async def _open_chosen(self, conversation_id: str | None) -> None:
-        if conversation_id is not None:
-            await self.open_conversation(conversation_id)
-
-    async def open_conversation(self, name: str) -> None:
-        """Continue a saved conversation (a transcript id or path)."""
-        await self.stop_turn()
-        try:
-            conversation = load_conversation(resolve_transcript(name))
-        except (OSError, ValueError, TranscriptError) as exc:
-            self.notify(str(exc), title="Cannot open the transcript", severity="error", markup=False)
-            return
-        self.conversation = conversation
-        await self._show_conversation()
-        self._update_titles()
-        note = ""
-        if conversation.pipeline != self.pipeline_name:
-            note = f" It was made with pipeline {conversation.pipeline}; Ctrl+L switches."
-        title = one_line(conversation.title, 40) or conversation.id
-        self.notify(f"{len(conversation.turns)} turn(s); new messages continue it with pipeline "
-                    f"{self.pipeline_name}.{note}", title=f"Opened {title}", markup=False)
-
-    def action_export(self) -> None:
-        conversation = self.conversation
-        turns = [t for t in conversation.turns if t.status != "running"]
-        if not turns:
-            self.notify("Nothing to export yet.", title="Export", severity="warning")
-            return
-        snapshot = Conversation(conversation.id, conversation.created_at, conversation.pipeline,
-                                conversation.config_path, conversation.title, turns)
-        try:
-            path = export_markdown_file(snapshot)
-        except (OSError, TranscriptError) as exc:
-            self.notify(str(exc), title="Export failed", severity="error", markup=False)
-            return
-        self.last_export = str(path)
-        self.notify(str(path), title="Exported to Markdown", markup=False, timeout=10)
 
     def action_switch_pipeline(self) -> None:
         from .screens.pipelines import PipelineScreen
@@ -520,7 +491,8 @@ class MoAApp(App[int]):
             await asyncio.to_thread(old.close)
         async with self._view_lock:
             await self._show_idle_layout()
-        self._update_titles()
+        self.update_titles()
+        self.focus_message_box()
         self.notify(f"{layout_text(self.pipeline.pipeline)}. {self.pipeline.pipeline.description}".strip(),
                     title=f"Pipeline {name}", markup=False)
         self.downloads.check(self.pipeline)
@@ -556,7 +528,11 @@ class MoAApp(App[int]):
             await self.push_screen(TurnScreen(record, message.index, names, timings=self.timings))
 
     async def action_quit(self) -> None:
-        """Ctrl+Q: cancel the turn, wait for it, release the models, leave."""
+        """Ctrl+Q: cancel the turn, wait for it, release the models, leave. A message typed but not
+        sent is kept for the next start (run_app says so on the terminal)."""
+        draft = self.chat_input.text
+        if draft.strip() and draft not in self.chat_input.sent[-1:]:
+            self.draft_kept = save_draft(draft)
         await self.shutdown()
         self.exit(0)
 
@@ -601,4 +577,7 @@ def run_app(
         app.run()
     finally:
         app.shutdown_sync()
+    if app.draft_kept:
+        print("moa: the message you had not sent is kept; it will be back in the message box next time.",
+              file=sys.stderr)
     return app.return_code or 0

@@ -134,6 +134,7 @@ class MarkdownView(ScrollView, can_focus=False):
         self._style = Style()
         self._rerender: asyncio.Task | None = None
         self._selected: Selection | None = None  # the mouse selection in this view (Textual's selection API)
+        self._selected_style = Style()
         if text:
             self.append(text)
 
@@ -274,7 +275,7 @@ class MarkdownView(ScrollView, can_focus=False):
         if line is None:
             return Strip.blank(width, style)
         if self._selected is not None and (span := self._selected.get_span(index)) is not None:
-            line = _stylize(line, *span, self.screen.get_component_rich_style("screen--selection"))
+            line = _stylize(line, *span, self._selected_style)
         # The offsets tell Textual which character of the text a mouse position is (text selection).
         return Strip(line, self._width).crop_extend(scroll_x, scroll_x + width, style).apply_offsets(scroll_x, index)
 
@@ -293,7 +294,19 @@ class MarkdownView(ScrollView, can_focus=False):
 
     def selection_updated(self, selection: Selection | None) -> None:
         self._selected = selection
+        if selection is not None:
+            self._selected_style = self._selection_style()
         self.refresh()
+
+    def _selection_style(self) -> Style:
+        """The screen's selection colours over this view's background. Its foreground is usually
+        transparent (the text keeps its colour), which a plain Rich style cannot say: only set colours
+        are applied."""
+        styles = self.screen.get_component_styles("screen--selection")
+        _, background = self.background_colors
+        color = styles.color
+        return Style(bgcolor=(background + styles.background).rich_color,
+                     color=(background + color).rich_color if color.a > 0 else None)
 
     def rendered_text(self) -> str:
         """Every line as plain text (for tests and accessibility checks)."""

@@ -508,3 +508,70 @@ def test_a_broken_settings_file_means_the_defaults(tmp_path):
         settings_path().write_text(content, encoding="utf-8")
         assert load_settings().theme is None
     assert Path(settings_path()).name == "settings.json"
+
+
+# -- the GPU notice: once per installation and llama.cpp build -----------------------------------
+
+
+class _CpuOnlyModel:
+    """Loads like a model that asked for GPU layers on a CPU-only llama.cpp build (its notice is real)."""
+
+    def __init__(self, model_id: str, path: str, settings) -> None:
+        from moa_tui.backends.base import InstallNotice
+
+        self.model_id, self.n_ctx = model_id, 2048
+        self.notices = [InstallNotice("GPU offload requested, but this llama.cpp build is CPU-only: running on "
+                                      "the CPU.")]
+
+    def count_tokens(self, messages) -> int:
+        return sum(len(m.content.split()) for m in messages)
+
+    def chat(self, messages, settings, cancel, on_token, *, session=None):
+        from moa_tui.backends.base import ChatResult
+        from moa_tui.events import GenerationStats
+
+        on_token("fine")
+        return ChatResult("fine", GenerationStats(generated_tokens=1, finish_reason="stop"))
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_gpu_notice_is_shown_once_not_again_after_a_pipeline_switch(write_config, smollm2_path, tmp_path,
+                                                                             monkeypatch):
+    """Each pipeline gets a model pool of its own (as in the app); the installation's notice is remembered
+    in the cache folder, so the second pipeline, and the next start, stay quiet."""
+    from moa_tui.backends.pool import LocalModelPool
+    from moa_tui.pipeline import MoAPipeline
+
+    monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "own-cache"))
+    config = write_config(f"""
+        version: 1
+        pipelines:
+          one:
+            layers: [{{models: [{{id: x, source: {{path: "{smollm2_path}"}}}}]}}]
+          two:
+            layers: [{{models: [{{id: y, source: {{path: "{smollm2_path}"}}, n_ctx: 1024}}]}}]
+    """)
+
+    class PoolPerPipeline(MoAApp):
+        def _make_pipeline(self, name):
+            return MoAPipeline(self.config, name, provider=LocalModelPool(loader=_CpuOnlyModel))
+
+    def gpu_notices(app) -> list[str]:
+        return [n for n in notifications(app) if "GPU offload requested" in n]
+
+    app = PoolPerPipeline(config, "one")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "hi")
+        await finish_turn(pilot)
+        assert len(gpu_notices(app)) == 1
+        await app.action_use_pipeline("two")
+        await send(pilot, "hi again")
+        await finish_turn(pilot)
+        assert app.conversation.turns[-1].pipeline == "two" and len(gpu_notices(app)) == 1
+    again = PoolPerPipeline(config, "one")
+    async with again.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "next start")
+        await finish_turn(pilot)
+        assert gpu_notices(again) == []

@@ -160,7 +160,7 @@ class MoAApp(ConversationActions, CopyActions, App[int]):
             yield HistoryPanel(id="history")
             yield TurnView(timings=self.timings, clock=self.clock, id="turn")
         yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter: new line · "
-                                                "Up: earlier messages · F1: help")
+                                                "Up: history · F1: help")
         yield QuietFooter()
 
     @property

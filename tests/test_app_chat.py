@@ -443,6 +443,9 @@ async def test_cancelled_turn_reopens_with_every_layer(config):
         await wait_until(lambda: isinstance(app.screen, TurnScreen), what="the turn screen")
         await pilot.pause()
         assert {k: p.state for k, p in panes(app).items()} == live
+        # a past turn's screen has no message box: regenerate and edit are not offered there
+        assert app.check_action("regenerate", ()) is False and app.check_action("edit_last", ()) is False
+        assert not {"ctrl+r", "ctrl+e"} & {k.key for k in app.screen.query(FooterKey)}
 
 
 # -- remembered between runs ----------------------------------------------------------------------

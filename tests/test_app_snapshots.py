@@ -71,6 +71,7 @@ def turn(message: str):
         app.chat_input.cursor_blink = False
         await app.send(message)
         await wait_for(lambda: not app.running)
+        app.chat_input.cursor_blink = False  # the turn's end turns blinking back on: the cursor's phase would vary
         await pilot.pause()
 
     return run_before

@@ -449,6 +449,8 @@ class MoAApp(ConversationActions, CopyActions, App[int]):
         if action == "cancel_turn":
             return True if self.running else None  # shown greyed out when no turn runs
         if action in ("regenerate", "edit_last"):
+            if self.screen is not self.screen_stack[0]:
+                return False  # a past turn's screen: the message box is not on screen
             return None if self.running or not self.conversation.turns else True
         return True
 

@@ -15,7 +15,7 @@ from ..text import literal, literal_content
 from .stream_view import rich_markdown
 
 MESSAGE_LINES = 4  # a longer message is collapsed to its first lines
-MESSAGE_CHARS = 300  # ... or to this many characters
+MESSAGE_CHARS = 160  # ... or to this many characters (a paste is often one long line)
 
 
 def collapsed(message: str) -> str:
@@ -25,7 +25,7 @@ def collapsed(message: str) -> str:
     if len(lines) <= MESSAGE_LINES and len(text) <= MESSAGE_CHARS:
         return text
     head = "\n".join(lines[:MESSAGE_LINES])[:MESSAGE_CHARS].rstrip()
-    return f"{head} … ({len(text):,} characters, {len(lines)} lines)"
+    return f"{head} … ({len(text):,} characters, {len(lines)} line{'s' * (len(lines) != 1)})"
 
 
 class TurnCard(Vertical, can_focus=True):

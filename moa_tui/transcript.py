@@ -1,9 +1,9 @@
-"""Conversations on disk: versioned JSON written atomically; listing, searching, renaming, deleting.
+"""Conversations on disk: versioned JSON written atomically; listing, renaming, deleting.
 
 A transcript is the user's data, so: a save never leaves a half-written file (kill -9, full disk),
 a conversation id can never name a file outside the transcripts folder, and a damaged or foreign
 file is reported with its name and the problem instead of a traceback. (The Markdown export is
-transcript_markdown.py.)
+transcript_markdown.py; searching, transcript_search.py.)
 """
 
 from __future__ import annotations
@@ -483,7 +483,7 @@ def _summarize(path: Path, with_text: bool = False) -> ConversationSummary:
 def list_conversations(directory: Path | None = None, *, with_text: bool = False) -> list[ConversationSummary]:
     """Every `*.json` in the folder, most recently saved first; broken files are listed with `error` set.
 
-    `with_text`: each summary also carries the conversation's text, for `matches` (a picker that filters)."""
+    `with_text`: each summary also carries the conversation's text, for searching (transcript_search.py)."""
     folder = paths.transcripts_dir() if directory is None else Path(directory).expanduser()
     if not folder.is_dir():
         return []
@@ -531,9 +531,7 @@ def _shown(name: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-# -- searching, renaming, deleting ---------------------------------------------------------------
-
-SNIPPET_WIDTH = 70
+# -- renaming, deleting, and the text a search looks at (transcript_search.py) ------------------
 
 
 def conversation_text(conv: Conversation) -> str:
@@ -544,39 +542,6 @@ def conversation_text(conv: Conversation) -> str:
             parts += [version.user_message, version.reply]
             parts += [answer.text for layer in version.layers for answer in layer if answer.text != version.reply]
     return "\n".join(part for part in parts if part)
-
-
-def _words(query: str) -> list[str]:
-    return query.casefold().split()
-
-
-def matches(summary: ConversationSummary, query: str) -> bool:
-    """Whether every word of `query` occurs (any case) in the summary's title or text."""
-    haystack = f"{summary.title}\n{summary.text}".casefold()
-    return all(word in haystack for word in _words(query))
-
-
-def snippet(text: str, query: str, width: int = SNIPPET_WIDTH) -> str:
-    """One line of `text` around the first word of `query` found in it ('' when none is)."""
-    flat = one_line(text)
-    folded = flat.casefold()
-    found = [i for i in (folded.find(word) for word in _words(query)) if i >= 0]
-    if not found:
-        return ""
-    start = max(0, min(found) - width // 3)
-    piece = flat[start:start + width]
-    return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
-
-
-def search_conversations(query: str, directory: Path | None = None) -> list[tuple[ConversationSummary, str]]:
-    """Conversations whose title, messages or answers hold every word of `query`, newest first, with a snippet."""
-    if not _words(query):
-        raise ValueError("the search is empty: give a word to look for")
-    hits = []
-    for summary in list_conversations(directory, with_text=True):
-        if summary.error is None and matches(summary, query):
-            hits.append((summary, snippet(summary.text, query) or summary.title))
-    return hits
 
 
 def rename_conversation(path: Path, title: str) -> Conversation:

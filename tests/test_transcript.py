@@ -33,11 +33,10 @@ from moa_tui.transcript import (
     rename_conversation,
     resolve_transcript,
     save_conversation,
-    search_conversations,
-    snippet,
     transcripts_dir,
 )
 from moa_tui.transcript_markdown import export_markdown, export_markdown_file, is_plain_markdown, md_fence
+from moa_tui.transcript_search import search_conversations, snippet
 
 from .helpers import REPO
 

@@ -19,8 +19,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from ...transcript import ConversationSummary, TranscriptError, delete_conversation, matches, rename_conversation
-from ...transcript import snippet as match_snippet
+from ...transcript import ConversationSummary, TranscriptError, delete_conversation, rename_conversation
+from ...transcript_search import matches
+from ...transcript_search import snippet as match_snippet
 from ..text import literal, one_line
 
 DATE_WIDTH = 16  # 2026-11-24 15:04

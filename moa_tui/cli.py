@@ -174,7 +174,8 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
     if command == "transcripts":
         from .commands import transcripts
 
-        return lambda: transcripts.run(transcripts.TranscriptsOptions(**_given(args, "search", "export", "rename", "delete")))
+        return lambda: transcripts.run(transcripts.TranscriptsOptions(**_given(
+            args, "search", "export", "rename", "delete")))
     from .commands import chat
 
     return lambda: chat.run(chat.ChatOptions(**common, **_given(args, "resume")))

@@ -19,6 +19,7 @@ from moa_tui.app.screens.code_blocks import CodeBlockScreen
 from moa_tui.app.screens.plan import PlanScreen
 from moa_tui.app.screens.transcripts import OpenTranscriptScreen
 from moa_tui.app.screens.turn import TurnScreen
+from moa_tui.backends.base import ChatModel
 from moa_tui.backends.scripted import ScriptedModel
 from moa_tui.input_history import load_history
 from moa_tui.settings import load_settings, settings_path
@@ -30,7 +31,7 @@ from moa_tui.transcript import (
     transcripts_dir,
 )
 
-from .conftest import SHIPPED_CONFIG
+from .helpers import SHIPPED_CONFIG
 from .test_app import LONG, YAML, finish_turn, make_app, notifications, panes, screen_text, send, wait_until
 
 REPLY = "Use this:\n\n```python\nprint('one')\n```\n\nor this:\n\n```sh\necho two\n```\n"
@@ -516,7 +517,7 @@ def test_a_broken_settings_file_means_the_defaults(tmp_path):
 # -- the GPU notice: once per installation and llama.cpp build -----------------------------------
 
 
-class _CpuOnlyModel:
+class _CpuOnlyModel(ChatModel):
     """Loads like a model that asked for GPU layers on a CPU-only llama.cpp build (its notice is real)."""
 
     def __init__(self, model_id: str, path: str, settings) -> None:
@@ -544,7 +545,7 @@ async def test_the_gpu_notice_is_shown_once_not_again_after_a_pipeline_switch(wr
                                                                              monkeypatch):
     """Each pipeline gets a model pool of its own (as in the app); the installation's notice is remembered
     in the cache folder, so the second pipeline, and the next start, stay quiet."""
-    from moa_tui.backends.pool import LocalModelPool
+    from moa_tui.backends.pool import ModelPool
     from moa_tui.pipeline import MoAPipeline
 
     monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "own-cache"))
@@ -559,7 +560,7 @@ async def test_the_gpu_notice_is_shown_once_not_again_after_a_pipeline_switch(wr
 
     class PoolPerPipeline(MoAApp):
         def _make_pipeline(self, name):
-            return MoAPipeline(self.config, name, provider=LocalModelPool(loader=_CpuOnlyModel))
+            return MoAPipeline(self.config, name, provider=ModelPool(loader=_CpuOnlyModel))
 
     def gpu_notices(app) -> list[str]:
         return [n for n in notifications(app) if "GPU offload requested" in n]

@@ -159,7 +159,7 @@ def test_gpu_offload_request_on_cpu_build_says_so(smollm2_path):
 def test_n_gpu_layers_auto_never_asks_for_a_gpu_the_build_cannot_use(write_config, smollm2_path, tmp_path,
                                                                       monkeypatch):
     """`auto` becomes the planned layer count: on a CPU-only build that is 0, so no GPU notice, ever."""
-    from moa_tui.backends.pool import LocalModelPool
+    from moa_tui.backends.pool import ModelPool
     from moa_tui.events import ModelRef, Notice
 
     monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "own-cache"))  # nothing remembered: a first run
@@ -171,7 +171,7 @@ def test_n_gpu_layers_auto_never_asks_for_a_gpu_the_build_cannot_use(write_confi
               - models: [{{id: a, source: {{path: "{smollm2_path}"}}, n_ctx: 512, n_gpu_layers: auto}}]
     """)
     spec = config.pipeline("p").all_models()[0]
-    pool = LocalModelPool()
+    pool = ModelPool()
     pool.prepare(config.pipeline("p"), config.memory)
     events: list = []
     try:

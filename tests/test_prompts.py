@@ -51,9 +51,9 @@ def test_cut_middle_leaves_a_short_text_alone():
 @pytest.mark.real
 def test_a_long_message_fits_a_real_tokenizer_with_its_last_instruction(smollm2_path):
     from moa_tui.backends.llama import LlamaChatModel
-    from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
+    from moa_tui.config import ModelSettings
 
-    settings = BUILTIN_DEFAULTS.merged(ModelSettings(n_ctx=1024, n_gpu_layers=0, max_tokens=64))
+    settings = ModelSettings(n_ctx=1024, n_gpu_layers=0, max_tokens=64)
     model = LlamaChatModel("smol", smollm2_path, settings)
     try:
         budget = model.n_ctx - 64

@@ -392,10 +392,12 @@ async def test_a_cut_off_answer_and_an_empty_one_say_so(write_config, data_dir):
               - models:
                   - {id: long, source: {path: l.gguf}, max_tokens: 5}
                   - {id: empty, source: {path: e.gguf}}
+                  - {id: thinker, source: {path: t.gguf}}
               - models:
                   - {id: final, source: {path: f.gguf}}
     """)
-    app = make_app(config, {"long": ScriptedModel(" ".join(["word"] * 50)), "empty": ScriptedModel(text="")})
+    app = make_app(config, {"long": ScriptedModel(" ".join(["word"] * 50)), "empty": ScriptedModel(text=""),
+                            "thinker": ScriptedModel(tokens=["<think>", "a plan", "</think>"])})
     async with app.run_test(size=(120, 40)) as pilot:
         await send(pilot, "go")
         await finish_turn(pilot)
@@ -403,6 +405,9 @@ async def test_a_cut_off_answer_and_an_empty_one_say_so(write_config, data_dir):
         assert long.status_text().startswith("stopped at max_tokens · 5 tok")
         assert empty.status_text().startswith("empty answer · 0 tok")
         assert "empty answer: the model wrote nothing" in " ".join(empty.view.rendered_text().split())
+        thinker = panes(app)["thinker"]  # it wrote only thinking: said so, not "empty answer"
+        assert thinker.status_text().startswith("only thinking, no answer")
+        assert "the model only thought" in " ".join(thinker.view.rendered_text().split())
         text = screen_text(app)
         assert "stopped at max_tokens" in text and "empty answer" in text and "done · 0 tok" not in text
         app.history.cards[0].focus()

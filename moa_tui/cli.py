@@ -100,8 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
     evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
 
-    transcripts = sub.add_parser("transcripts", help="list saved conversations")
-    transcripts.add_argument("--export", metavar="TRANSCRIPT", help="write this conversation as Markdown")
+    transcripts = sub.add_parser("transcripts", help="list, search, export, rename or delete saved conversations")
+    action = transcripts.add_mutually_exclusive_group()
+    action.add_argument("--search", metavar="TEXT", help="only the conversations with every word of TEXT in a "
+                                                         "message, reply or model answer")
+    action.add_argument("--export", nargs="+", metavar="TRANSCRIPT",
+                        help="write this conversation as Markdown next to its JSON; then '-' prints it to "
+                             "stdout instead, or a file name writes it there")
+    action.add_argument("--rename", nargs=2, metavar=("TRANSCRIPT", "TITLE"), help="give a conversation a new title")
+    action.add_argument("--delete", metavar="TRANSCRIPT", help="delete a conversation and its Markdown export")
     return parser
 
 
@@ -167,7 +174,8 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
     if command == "transcripts":
         from .commands import transcripts
 
-        return lambda: transcripts.run(transcripts.TranscriptsOptions(**_given(args, "export")))
+        return lambda: transcripts.run(transcripts.TranscriptsOptions(**_given(
+            args, "search", "export", "rename", "delete")))
     from .commands import chat
 
     return lambda: chat.run(chat.ChatOptions(**common, **_given(args, "resume")))

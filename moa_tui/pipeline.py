@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,6 +60,18 @@ def _renamed(error: str, loaded_as: str, model_id: str) -> str:
     return f"{model_id}: {error[len(prefix):]}" if loaded_as != model_id and error.startswith(prefix) else error
 
 
+SEED_STRIDE = 1000  # a regenerated turn's seeds: seed + attempt * this (Self-MoA samples use seed + 0..15)
+
+
+def reseeded(spec: ModelSpec, attempt: int) -> ModelSpec:
+    """`spec` for the `attempt`-th answer to the same message: a model with a fixed seed gets another one
+    (without a seed every answer is drawn anew anyway)."""
+    if not attempt or spec.settings.seed is None:
+        return spec
+    seed = (spec.settings.seed + attempt * SEED_STRIDE) % 2**32
+    return replace(spec, settings=replace(spec.settings, seed=seed))
+
+
 def role_of(layer: int, n_layers: int) -> Role:
     if layer == n_layers - 1:
         return "final"
@@ -103,16 +115,23 @@ class MoAPipeline:
         self.provider.close()
 
     def run_turn(
-        self, conversation: Conversation, user_message: str, cancel: CancelToken | None = None
+        self, conversation: Conversation, user_message: str, cancel: CancelToken | None = None,
+        *, replace_last: bool = False,
     ) -> Iterator[Event]:
         """Yield the events of one turn; the turn is recorded in `conversation` and saved.
 
+        `replace_last`: this turn replaces the conversation's last one (regenerate, or an edited
+        message); the replaced turn is kept in the new one's `replaced`, and fixed seeds change.
         Closing the generator early (Ctrl+C in the consumer) cancels the models, waits for them,
         and still saves the partial turn.
         """
         cancel = cancel or CancelToken()
+        previous = conversation.turns.pop() if replace_last and conversation.turns else None
         history = conversation.history()
         turn = TurnRecord(user_message=user_message, pipeline=self.pipeline.name, started_at=_now())
+        if previous is not None:
+            turn.replaced = [*previous.replaced, replace(previous, replaced=[])]
+        attempt = len(turn.replaced)
         conversation.turns.append(turn)
         if not conversation.title:
             conversation.title = user_message.strip().splitlines()[0][:60] if user_message.strip() else ""
@@ -132,7 +151,8 @@ class MoAPipeline:
                 if cancel.cancelled:
                     break
                 outcomes, layer_open = [], True
-                for event in self._run_layer(li, layer.models, refs[li], history, user_message,
+                specs = [reseeded(spec, attempt) for spec in layer.models]
+                for event in self._run_layer(li, specs, refs[li], history, user_message,
                                              references, cancel, events, workers, outcomes):
                     if isinstance(event, Notice):
                         turn.notices.append(event.message)
@@ -149,6 +169,7 @@ class MoAPipeline:
                     turn.error = self._layer_error(li, answers)
                     break
                 references = [a.text for a in ok]
+            self._add_unstarted_layers(turn, refs, cancel)
             self._finish_turn(turn, cancel)
             finished = True
             path = self._save(conversation, turn)
@@ -165,6 +186,7 @@ class MoAPipeline:
                              if ref.index not in started]
                     turn.layers.append(self._layer_answers([*outcomes, *never]))
                     self._layer_done(li)
+                self._add_unstarted_layers(turn, refs, cancel)
                 self._finish_turn(turn, cancel)
                 self._save(conversation, turn)
 
@@ -288,6 +310,13 @@ class MoAPipeline:
             model_id=spec.id, role=ref.role, layer=ref.layer, index=ref.index, status=status,
             settings=spec.settings.to_dict(), source=spec.source.describe(),
         )
+
+    def _add_unstarted_layers(self, turn: TurnRecord, refs, cancel: CancelToken) -> None:
+        """The layers that never started, as the screen shows them: cancelled, or skipped after a failure."""
+        status = "cancelled" if cancel.cancelled else "skipped"
+        for li in range(len(turn.layers), len(refs)):
+            turn.layers.append([self._answer(ref, spec, status)
+                                for ref, spec in zip(refs[li], self.pipeline.layers[li].models, strict=True)])
 
     @staticmethod
     def _layer_answers(outcomes: list[ModelAnswer]) -> list[ModelAnswer]:

@@ -14,6 +14,8 @@ from .backends.base import Message
 
 REFERENCES_HEADER = "Responses from other models to this message:"
 TRIM_MARK = " [...]"
+MIDDLE_MARK = "\n\n[... {n:,} characters left out here: the message was too long for the context window ...]\n\n"
+HEAD_SHARE = 0.6  # of a shortened message, the start keeps this much and the end the rest
 
 
 @dataclass
@@ -47,6 +49,7 @@ class FitResult:
     dropped_turns: int = 0
     trimmed_references: int = 0
     trimmed_message: bool = False
+    message_chars_cut: int = 0  # left out of the middle of the user's message
 
     def notice(self) -> str | None:
         cut = []
@@ -56,7 +59,8 @@ class FitResult:
         if self.trimmed_references:
             cut.append(f"shortened {self.trimmed_references} reference answer(s)")
         if self.trimmed_message:
-            cut.append("shortened your message")
+            cut.append(f"shortened your message: kept its start and its end, left out {self.message_chars_cut:,} "
+                       "characters in the middle")
         if not cut:
             return None
         return "context window full: " + ", ".join(cut) + " (raise n_ctx to keep more)"
@@ -69,7 +73,8 @@ def fit_to_context(
 ) -> FitResult:
     """Trim `parts` until its prompt takes at most `budget` tokens.
 
-    Oldest turns go first, then each reference shrinks in proportion, then the message itself.
+    Oldest turns go first, then each reference shrinks in proportion, then the message itself:
+    its middle goes, since a long paste usually ends with what to do with it ("Summarize.").
     """
     result = FitResult(parts=parts, tokens=count_tokens(parts.messages()))
     if result.tokens <= budget:
@@ -103,16 +108,29 @@ def _shrink_references(result: FitResult, count_tokens, budget: int) -> FitResul
 
 
 def _shrink_message(result: FitResult, count_tokens, budget: int) -> FitResult:
-    message = result.parts.user_message
+    original = result.parts.user_message
+    keep = len(original)
     for _ in range(12):
-        if result.tokens <= budget or not message:
+        if result.tokens <= budget or not keep:
             break
         ratio = max(0.0, min(0.95, budget / result.tokens * 0.95))
-        message = _cut(message, int(len(message) * ratio))
+        keep = int(keep * ratio)
+        message = cut_middle(original, keep)
         result.parts = PromptParts(result.parts.system, result.parts.history, message, result.parts.references)
         result.tokens = count_tokens(result.parts.messages())
         result.trimmed_message = True
+        result.message_chars_cut = len(original) - keep
     return result
+
+
+def cut_middle(text: str, keep: int) -> str:
+    """`text` with its middle left out so that `keep` of its characters stay (start and end), and a mark
+    saying how much is missing where it was."""
+    if keep >= len(text):
+        return text
+    head = int(keep * HEAD_SHARE)
+    tail = keep - head
+    return text[:head].rstrip() + MIDDLE_MARK.format(n=len(text) - keep) + (text[-tail:].lstrip() if tail else "")
 
 
 def _cut(text: str, length: int) -> str:

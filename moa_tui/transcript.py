@@ -1,15 +1,14 @@
-"""Conversations on disk: versioned JSON written atomically, a listing, and a Markdown export.
+"""Conversations on disk: versioned JSON written atomically; listing, renaming, deleting.
 
 A transcript is the user's data, so: a save never leaves a half-written file (kill -9, full disk),
 a conversation id can never name a file outside the transcripts folder, and a damaged or foreign
-file is reported with its name and the problem instead of a traceback. Model text is untrusted,
-so the Markdown export fences it with fences longer than anything inside.
+file is reported with its name and the problem instead of a traceback. (The Markdown export is
+transcript_markdown.py; searching, transcript_search.py.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import secrets
 import tempfile
 import time
 import unicodedata
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,6 +70,7 @@ class TurnRecord:
     error: str | None = None
     layers: list[list[ModelAnswer]] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    replaced: list[TurnRecord] = field(default_factory=list)  # earlier tries at this turn (regenerated, edited)
 
 
 @dataclass
@@ -100,6 +99,7 @@ class ConversationSummary:
     turns: int
     updated: float  # the file's mtime (seconds since the epoch): a resumed conversation moves up
     error: str | None = None
+    text: str = ""  # every message and answer, for searching (only with `list_conversations(with_text=True)`)
 
 
 class TranscriptError(Exception):
@@ -165,7 +165,7 @@ def make_title(message: str, limit: int = TITLE_MAX) -> str:
     return cut.rstrip() + "…"
 
 
-def _default_title(conv: Conversation) -> str:
+def default_title(conv: Conversation) -> str:
     first = next((t.user_message for t in conv.turns if t.user_message.strip()), "")
     return make_title(first)
 
@@ -187,8 +187,8 @@ def conversation_to_dict(conv: Conversation) -> dict[str, Any]:
     }
 
 
-def _turn_to_dict(turn: TurnRecord) -> dict[str, Any]:
-    return {
+def _turn_to_dict(turn: TurnRecord, *, nested: bool = False) -> dict[str, Any]:
+    data = {
         "user_message": turn.user_message,
         "pipeline": turn.pipeline,
         "started_at": turn.started_at,
@@ -199,6 +199,9 @@ def _turn_to_dict(turn: TurnRecord) -> dict[str, Any]:
         "notices": list(turn.notices),
         "layers": [[_answer_to_dict(answer) for answer in layer] for layer in turn.layers],
     }
+    if not nested:  # one level: the earlier tries of a turn have no tries of their own
+        data["replaced"] = [_turn_to_dict(old, nested=True) for old in turn.replaced]
+    return data
 
 
 def _answer_to_dict(answer: ModelAnswer) -> dict[str, Any]:
@@ -294,9 +297,10 @@ def _read_conversation(data: Any) -> Conversation:
     )
 
 
-def _read_turn(data: dict, where: str) -> TurnRecord:
+def _read_turn(data: dict, where: str, *, nested: bool = False) -> TurnRecord:
     layers = _get(data, "layers", where, (list,), [])
     notices = _get(data, "notices", where, (list,), [])
+    replaced = [] if nested else _get(data, "replaced", where, (list,), [])  # one level: tries of this turn
     return TurnRecord(
         user_message=_get(data, "user_message", where, (str,)),
         pipeline=_get(data, "pipeline", where, (str,)),
@@ -308,6 +312,8 @@ def _read_turn(data: dict, where: str) -> TurnRecord:
         layers=[_read_layer(_checked(layer, (list,), f"{where}.layers[{li}]"), f"{where}.layers[{li}]")
                 for li, layer in enumerate(layers)],
         notices=[_checked(n, (str,), f"{where}.notices[{ni}]") for ni, n in enumerate(notices)],
+        replaced=[_read_turn(_checked(t, (dict,), f"{where}.replaced[{ri}]"), f"{where}.replaced[{ri}]", nested=True)
+                  for ri, t in enumerate(replaced)],
     )
 
 
@@ -370,7 +376,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(target: Path, write: Callable[[IO[str]], None]) -> None:
+def atomic_write(target: Path, write: Callable[[IO[str]], None]) -> None:
     """Write `target` via a temp file in its folder and os.replace: readers see the old file or the new one.
 
     The temp file is named `.<name>.<random>.tmp`, so a process killed mid-write leaves at most a
@@ -400,7 +406,7 @@ def _remove_stale_temps(target: Path) -> None:
                 leftover.unlink()
 
 
-def _folder(directory: Path | None) -> Path:
+def transcripts_folder(directory: Path | None) -> Path:
     if directory is None:
         return transcripts_dir()
     folder = Path(directory).expanduser()
@@ -414,13 +420,17 @@ def save_conversation(conv: Conversation, directory: Path | None = None) -> Path
     Sets the title from the first user message when it is empty. ValueError for an unsafe id.
     """
     name = f"{validate_id(conv.id)}.json"
-    target = _folder(directory) / name
+    target = transcripts_folder(directory) / name
     if not conv.title:
-        conv.title = _default_title(conv)
+        conv.title = default_title(conv)
+    _write_json(target, conv)
+    return target
+
+
+def _write_json(target: Path, conv: Conversation) -> None:
     data = conversation_to_dict(conv)
     # default=str: an odd settings value (a Path, a tuple subclass) must not cost the user the transcript
-    _atomic_write(target, lambda handle: json.dump(data, handle, ensure_ascii=False, indent=2, default=str))
-    return target
+    atomic_write(target, lambda handle: json.dump(data, handle, ensure_ascii=False, indent=2, default=str))
 
 
 def _read_json(path: Path) -> Any:
@@ -454,7 +464,7 @@ def load_conversation(path: Path) -> Conversation:
         raise TranscriptError(str(exc), path) from None
 
 
-def _summarize(path: Path) -> ConversationSummary:
+def _summarize(path: Path, with_text: bool = False) -> ConversationSummary:
     try:
         updated = path.stat().st_mtime
     except OSError:
@@ -465,16 +475,19 @@ def _summarize(path: Path) -> ConversationSummary:
         return ConversationSummary(path=path, id=path.stem, created_at="", title="", pipeline="", turns=0,
                                    updated=updated, error=exc.problem)
     return ConversationSummary(path=path, id=conv.id, created_at=conv.created_at,
-                               title=one_line(conv.title) or _default_title(conv), pipeline=conv.pipeline,
-                               turns=len(conv.turns), updated=updated)
+                               title=one_line(conv.title) or default_title(conv), pipeline=conv.pipeline,
+                               turns=len(conv.turns), updated=updated,
+                               text=conversation_text(conv) if with_text else "")
 
 
-def list_conversations(directory: Path | None = None) -> list[ConversationSummary]:
-    """Every `*.json` in the folder, most recently saved first; broken files are listed with `error` set."""
+def list_conversations(directory: Path | None = None, *, with_text: bool = False) -> list[ConversationSummary]:
+    """Every `*.json` in the folder, most recently saved first; broken files are listed with `error` set.
+
+    `with_text`: each summary also carries the conversation's text, for searching (transcript_search.py)."""
     folder = paths.transcripts_dir() if directory is None else Path(directory).expanduser()
     if not folder.is_dir():
         return []
-    summaries = [_summarize(path) for path in folder.glob("*.json") if path.is_file()]
+    summaries = [_summarize(path, with_text) for path in folder.glob("*.json") if path.is_file()]
     summaries.sort(key=lambda s: (s.updated, s.id), reverse=True)
     return summaries
 
@@ -518,142 +531,41 @@ def _shown(name: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-# -- Markdown export ------------------------------------------------------------------------------
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>&#|~])")  # inline syntax: emphasis, code, links, HTML, entities
-_MD_LINE_START = re.compile(r"([-+=]|\d+[.)])")  # would start a list item or a setext underline
-_ROLE_LABELS = {"proposer": "proposers", "aggregator": "aggregators", "final": "final model"}
+# -- renaming, deleting, and the text a search looks at (transcript_search.py) ------------------
 
 
-def _lines(text: str) -> str:
-    """Only \\n line endings: CommonMark also ends lines at a lone \\r, which would split a quoted line."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+def conversation_text(conv: Conversation) -> str:
+    """What a search looks at besides the title: every message, reply and model answer (replaced tries too)."""
+    parts: list[str] = []
+    for turn in conv.turns:
+        for version in (*turn.replaced, turn):
+            parts += [version.user_message, version.reply]
+            parts += [answer.text for layer in version.layers for answer in layer if answer.text != version.reply]
+    return "\n".join(part for part in parts if part)
 
 
-def _longest_run(text: str, char: str) -> int:
-    return max((len(run) for run in re.findall(f"{re.escape(char)}+", text)), default=0)
+def rename_conversation(path: Path, title: str) -> Conversation:
+    """Give the transcript at `path` a new title (written atomically); ValueError for an empty title."""
+    new_title = one_line(title)
+    if not new_title:
+        raise ValueError("the new title is empty")
+    conv = load_conversation(path)
+    conv.title = new_title
+    _write_json(Path(path), conv)
+    return conv
 
 
-def md_fence(text: str, info: str = "") -> str:
-    """`text` as a fenced block whose backtick fence is longer than any backtick run inside it.
+def delete_conversation(path: Path) -> list[Path]:
+    """Delete the transcript at `path` and its Markdown export next to it; returns what was deleted.
 
-    A closing fence must be at least as long as the opening one, so nothing in `text` (```,
-    </details>, HTML) can end the block early: the text is shown verbatim.
-    """
-    body = _lines(text)
-    fence = "`" * max(3, _longest_run(body, "`") + 1)
-    if not body.endswith("\n"):
-        body += "\n"
-    return f"{fence}{info}\n{body}{fence}"
-
-
-def md_escape(text: str) -> str:
-    """One line of text with Markdown syntax backslash-escaped: it renders literally, with no HTML."""
-    escaped = _MD_SPECIAL.sub(r"\\\1", one_line(text))
-    start = _MD_LINE_START.match(escaped)
-    if start:
-        mark = start.group(1)
-        escaped = f"{mark[:-1]}\\{mark[-1]}{escaped[len(mark):]}"
-    return escaped
-
-
-def md_code(text: str) -> str:
-    """One line as an inline code span whose backtick run is longer than any inside it."""
-    line = one_line(text)
-    if not line:
-        return "(none)"
-    ticks = "`" * (_longest_run(line, "`") + 1)
-    pad = " " if line.startswith("`") or line.endswith("`") else ""
-    return f"{ticks}{pad}{line}{pad}{ticks}"
-
-
-def _quote(block: str) -> str:
-    return "\n".join(f"> {line}" if line else ">" for line in block.split("\n"))
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} s"
-
-
-def _md_stats(stats: GenerationStats) -> list[str]:
-    rows = [
-        f"- **Tokens:** {stats.generated_tokens} generated, {stats.prompt_tokens} in the prompt "
-        f"({stats.prompt_tokens_evaluated} evaluated)",
-        f"- **Speed:** {stats.tokens_per_second:.1f} tokens/s",
-        f"- **Time to first token:** {_seconds(stats.time_to_first_token)}",
-        f"- **Time:** {_seconds(stats.wall_time)}" + (f" (+ {_seconds(stats.load_time)} loading)"
-                                                       if stats.load_time else ""),
-    ]
-    if stats.finish_reason:
-        rows.append(f"- **Finish reason:** {md_code(stats.finish_reason)}")
-    return rows
-
-
-def _md_answer(answer: ModelAnswer) -> str:
-    parts = [f"#### {md_code(answer.model_id)} ({md_escape(answer.role)}): {md_escape(answer.status)}", ""]
-    parts += _md_stats(answer.stats)
-    if answer.source:
-        parts.append(f"- **Source:** {md_code(answer.source)}")
-    if answer.error:
-        parts += ["", "**Error:**", "", md_fence(answer.error, "text")]
-    if answer.thinking:  # folded, as in the app; the fence keeps `</details>` in it from closing anything
-        words = len(answer.thinking.split())
-        parts += ["", f"<details>\n<summary>Thinking ({words} words)</summary>\n\n{md_fence(answer.thinking, 'text')}"
-                      "\n\n</details>"]
-    parts += ["", md_fence(answer.text, "markdown") if answer.text else "*(no text)*"]
-    return "\n".join(parts)
-
-
-def _layer_summary(number: int, layer: list[ModelAnswer]) -> str:
-    role = layer[0].role if layer else ""
-    counts = Counter(answer.status for answer in layer)
-    statuses = ", ".join(f"{n} {status}" for status, n in counts.items())
-    label = f"Layer {number}: {_ROLE_LABELS.get(role, role)}, {len(layer)} model(s)"
-    return html.escape(one_line(f"{label} ({statuses})" if statuses else label), quote=False)
-
-
-def _md_layer(number: int, layer: list[ModelAnswer]) -> str:
-    """A collapsible layer. The blank line after <summary> ends the HTML block, so Markdown resumes."""
-    answers = "\n\n".join(_md_answer(answer) for answer in layer) or "*(no models)*"
-    return f"<details>\n<summary>{_layer_summary(number, layer)}</summary>\n\n{answers}\n\n</details>"
-
-
-def _md_turn(number: int, turn: TurnRecord, include_layers: bool) -> str:
-    when = f"started {md_code(turn.started_at)}"
-    if turn.finished_at:
-        when += f", finished {md_code(turn.finished_at)}"
-    parts = [f"## Turn {number}", "", f"**Status:** {md_escape(turn.status)} · {when}", "",
-             "**You:**", "", _quote(md_fence(turn.user_message, "text")), "", "**Reply:**", "",
-             md_fence(turn.reply, "markdown") if turn.reply else "*(no reply)*"]
-    if turn.error:
-        parts += ["", "**Error:**", "", md_fence(turn.error, "text")]
-    if turn.notices:
-        parts += ["", "**Notices:**", ""] + [f"- {md_escape(notice)}" for notice in turn.notices]
-    if include_layers:
-        parts += [item for li, layer in enumerate(turn.layers) for item in ("", _md_layer(li + 1, layer))]
-    return "\n".join(parts)
-
-
-def _md_header(conv: Conversation) -> str:
-    title = one_line(conv.title) or _default_title(conv) or f"Conversation {conv.id}"
-    rows = [f"# {md_escape(title)}", "", f"- **Pipeline:** {md_code(conv.pipeline)}",
-            f"- **Date:** {md_code(conv.created_at)}", f"- **Turns:** {len(conv.turns)}",
-            f"- **Id:** {md_code(conv.id)}"]
-    if conv.config_path:
-        rows.append(f"- **Config:** {md_code(conv.config_path)}")
-    return "\n".join(rows)
-
-
-def export_markdown(conv: Conversation, include_layers: bool = True) -> str:
-    """The conversation as Markdown; all user and model text is fenced, so it cannot break the layout."""
-    sections = [_md_header(conv)] + [_md_turn(n, turn, include_layers) for n, turn in enumerate(conv.turns, 1)]
-    return "\n\n".join(sections) + "\n"
-
-
-def export_markdown_file(conv: Conversation, directory: Path | None = None, include_layers: bool = True) -> Path:
-    """Write `<id>.md` atomically, next to the JSON transcripts by default, and return its path."""
-    name = f"{validate_id(conv.id)}.md"
-    target = _folder(directory) / name
-    text = export_markdown(conv, include_layers)
-    _atomic_write(target, lambda handle: handle.write(text))
-    return target
+    The file must be a readable moa-tui transcript (TranscriptError otherwise): nothing else is ever deleted."""
+    path = Path(path)
+    conv = load_conversation(path)
+    deleted = [path]
+    markdown = path.with_suffix(".md")
+    path.unlink()
+    if markdown.is_file() and path.stem == conv.id:
+        with contextlib.suppress(OSError):
+            markdown.unlink()
+            deleted.append(markdown)
+    return deleted

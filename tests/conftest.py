@@ -71,11 +71,12 @@ def session_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path, monkeypatch, session_cache) -> Path:
-    """Transcripts, logs and caches of a test go to its own folders, never the user's."""
+    """Transcripts, logs, caches and settings of a test go to its own folders, never the user's."""
     monkeypatch.setenv("MOA_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MOA_CACHE_DIR", str(session_cache))
     monkeypatch.setenv("MOA_LOG_FILE", str(tmp_path / "moa.log"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # settings.json (paths.config_dir)
     monkeypatch.delenv("MOA_CONFIG", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return tmp_path

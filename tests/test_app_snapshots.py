@@ -71,6 +71,7 @@ def turn(message: str):
         app.chat_input.cursor_blink = False
         await app.send(message)
         await wait_for(lambda: not app.running)
+        app.chat_input.cursor_blink = False  # the turn's end turns blinking back on: the cursor's phase would vary
         await pilot.pause()
 
     return run_before
@@ -125,3 +126,65 @@ def test_snapshot_help_screen(snap_compare, config):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+# -- narrow terminals and dialogs that must fit (issue 12) ---------------------------------------
+
+NARROW = (80, 24)
+
+
+def test_snapshot_narrow_turn_ends_with_the_final_pane_in_view(snap_compare, config):
+    """80x24: the layers stack; when the turn ends the final answer is on screen, not layer 1."""
+    app = MoAApp(config, provider=ScriptedProvider(SCRIPTS), timings=False)
+    assert snap_compare(app, terminal_size=NARROW, run_before=turn("What is the capital of France?"))
+
+
+def _saved_conversations() -> None:
+    from moa_tui.transcript import Conversation, TurnRecord, save_conversation
+
+    for n, (message, pipeline) in enumerate([
+        ("What is the capital of France? Answer in one sentence, then list three sights worth a visit.", "three"),
+        ("Why is the sky blue?", "three"),
+        ("Summarize this report about the harbour", "a-longer-pipeline"),
+    ]):
+        turn_record = TurnRecord(message, pipeline, f"2026-01-0{n + 1}T10:00:00+00:00", status="done", reply="ok")
+        conversation = Conversation(f"2026-01-0{n + 1}T10-00-00Z-000{n}", f"2026-01-0{n + 1}T10:00:00+00:00",
+                                    pipeline, turns=[turn_record])
+        path = save_conversation(conversation)
+        stamp = 1_767_261_600 + n * 86_400  # the listing is newest first by file time: fixed here
+        import os
+
+        os.utime(path, (stamp, stamp))
+
+
+def test_snapshot_open_dialog_fits_80_columns(snap_compare, config):
+    _saved_conversations()
+    app = MoAApp(config, provider=ScriptedProvider(SCRIPTS), timings=False)
+
+    async def run_before(pilot) -> None:
+        pilot.app.chat_input.cursor_blink = False
+        await pilot.press("ctrl+o")
+        await wait_for(lambda: type(pilot.app.screen).__name__ == "OpenTranscriptScreen")
+        pilot.app.screen.query_one("Input").cursor_blink = False
+        await pilot.pause()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=NARROW, run_before=run_before)
+
+
+def test_snapshot_plan_fits_80_columns(snap_compare, config):
+    """F2 with a fixed plan (the shipped seed pipeline's sizes): every column on screen, cells wrapped."""
+    from moa_tui.app.screens.plan import PlanScreen
+
+    from .test_planner import cpu, plan, seed_pipeline, seed_sizes
+
+    app = MoAApp(config, provider=ScriptedProvider(SCRIPTS), timings=False)
+
+    async def run_before(pilot) -> None:
+        pilot.app.chat_input.cursor_blink = False
+        pipeline = seed_pipeline()
+        await pilot.app.push_screen(PlanScreen(pilot.app.config, pipeline, plan=plan(pipeline, seed_sizes(), cpu(8))))
+        await pilot.pause()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=NARROW, run_before=run_before)

@@ -144,3 +144,61 @@ def test_offline_with_missing_hf_model_says_what_to_do(write_config, smollm2_pat
     result = moa("ask", "hi", "--config", str(config.path), "--offline")
     assert result.returncode == 0, result.stderr  # the local models still answer
     assert "remote" in result.stderr and "moa pull" in result.stderr
+
+
+# -- moa transcripts ------------------------------------------------------------------------------
+
+
+def _saved(message: str, reply: str) -> str:
+    from moa_tui.transcript import TurnRecord, new_conversation, save_conversation
+
+    conversation = new_conversation("smol")
+    conversation.turns.append(TurnRecord(message, "smol", "2026-01-01T00:00:00+00:00", status="done", reply=reply))
+    save_conversation(conversation)
+    return conversation.id
+
+
+def test_transcripts_search_rename_and_delete(capsys):
+    from moa_tui.cli import main
+
+    sky = _saved("Why is the sky blue?", "Because of **Rayleigh** scattering.")
+    _saved("Name two colors", "Red and green.")
+    assert main(["transcripts", "--search", "RAYLEIGH"]) == 0
+    out = capsys.readouterr().out
+    assert sky in out and "where it matches" in out and "Rayleigh" in out and "Name two colors" not in out
+    assert main(["transcripts", "--search", "nothing-like-this"]) == 0
+    assert capsys.readouterr().out.strip() == "no conversation matches"
+    assert main(["transcripts", "--search", "  "]) == 2
+    assert "the search is empty" in capsys.readouterr().err
+
+    assert main(["transcripts", "--rename", sky[:22], "Sky colour"]) == 0  # a unique start of the id will do
+    assert capsys.readouterr().out.strip() == f"{sky}: Sky colour"
+    assert load_conversation(transcripts_dir() / f"{sky}.json").title == "Sky colour"
+    assert main(["transcripts", "--rename", sky, " "]) == 2
+    assert "the new title is empty" in capsys.readouterr().err
+
+    assert main(["transcripts", "--delete", sky]) == 0
+    assert capsys.readouterr().out.strip() == f"deleted {transcripts_dir() / (sky + '.json')}"
+    assert not (transcripts_dir() / f"{sky}.json").exists()
+    assert main(["transcripts", "--delete", sky]) == 2
+    assert capsys.readouterr().err.startswith("error: --delete: no transcript")
+    assert main(["transcripts"]) == 0
+    assert "Name two colors" in capsys.readouterr().out
+
+
+def test_transcripts_export_to_stdout_to_a_file_or_next_to_the_json(tmp_path):
+    conv_id = _saved("Why is the sky blue?", "# Rayleigh\n\nShort **waves** scatter more.")
+    printed = moa("transcripts", "--export", conv_id, "-")
+    assert printed.returncode == 0 and printed.stderr == ""
+    assert printed.stdout.startswith("# Why is the sky blue?\n") and "# Rayleigh\n\nShort **waves**" in printed.stdout
+    assert "```markdown" not in printed.stdout  # the reply renders as Markdown
+    assert not (transcripts_dir() / f"{conv_id}.md").exists()  # nothing written
+    target = tmp_path / "out.md"
+    assert moa("transcripts", "--export", conv_id, str(target)).stdout.strip() == str(target)
+    assert target.read_text(encoding="utf-8") == printed.stdout
+    beside = moa("transcripts", "--export", conv_id)
+    assert beside.stdout.strip() == str(transcripts_dir() / f"{conv_id}.md")
+    too_many = moa("transcripts", "--export", conv_id, "-", "x")
+    assert too_many.returncode == 2 and too_many.stderr.count("\n") == 1 and "at most" in too_many.stderr
+    unwritable = moa("transcripts", "--export", conv_id, str(tmp_path))
+    assert unwritable.returncode == 1 and unwritable.stderr.startswith("error: --export: cannot write")

@@ -224,7 +224,7 @@ def test_every_proposer_failing_differently_ends_the_turn_and_keeps_both_errors(
     assert "p1: llama.cpp failed while generating" in finished.error
     assert not [e for e in events if isinstance(e, (ModelStarted, Token)) and e.ref.model_id == "final"]
     turn = saved_turn(conversation)
-    assert statuses(turn) == [[("p0", "failed"), ("p1", "failed")]]
+    assert statuses(turn) == [[("p0", "failed"), ("p1", "failed")], [("final", "skipped")]]  # as the screen shows it
     assert turn.layers[0][0].error.startswith("p0: ") and turn.layers[0][1].text  # p1's partial answer
     assert turn.error == finished.error
 
@@ -309,18 +309,25 @@ def nth_token(model_id: str, n: int = 3):
     return trigger
 
 
+# Later layers that never started are saved as the screen shows them: every model cancelled.
+NEVER_STARTED = {1: [[("agg", "cancelled")], [("final", "cancelled")]], 2: [[("final", "cancelled")]], 3: []}
+
 STAGES = {
     # stage: (which model writes long, trigger, the statuses saved, the model cut short while generating)
-    "queued": ("", lambda e, _: isinstance(e, ModelQueued), [], None),
-    "loading": ("p0", lambda e, _: isinstance(e, ModelLoading), [[("p0", "cancelled"), ("p1", "cancelled")]], None),
+    "queued": ("", lambda e, _: isinstance(e, ModelQueued), [[("p0", "cancelled"), ("p1", "cancelled")],
+                                                               *NEVER_STARTED[1]], None),
+    "loading": ("p0", lambda e, _: isinstance(e, ModelLoading),
+                [[("p0", "cancelled"), ("p1", "cancelled")], *NEVER_STARTED[1]], None),
     "prompt evaluation": ("p0", lambda e, _: isinstance(e, ModelStarted) and e.ref.model_id == "p0",
-                          [[("p0", "cancelled"), ("p1", "cancelled")]], None),
-    "first proposer generating": ("p0", nth_token("p0"), [[("p0", "cancelled"), ("p1", "cancelled")]], "p0"),
-    "second proposer generating": ("p1", nth_token("p1"), [[("p0", "done"), ("p1", "cancelled")]], "p1"),
+                          [[("p0", "cancelled"), ("p1", "cancelled")], *NEVER_STARTED[1]], None),
+    "first proposer generating": ("p0", nth_token("p0"),
+                                  [[("p0", "cancelled"), ("p1", "cancelled")], *NEVER_STARTED[1]], "p0"),
+    "second proposer generating": ("p1", nth_token("p1"),
+                                   [[("p0", "done"), ("p1", "cancelled")], *NEVER_STARTED[1]], "p1"),
     "between layers": ("", lambda e, _: isinstance(e, LayerFinished) and e.layer == 0,
-                       [[("p0", "done"), ("p1", "done")]], None),
-    "aggregator generating": ("agg", nth_token("agg"), [[("p0", "done"), ("p1", "done")], [("agg", "cancelled")]],
-                              "agg"),
+                       [[("p0", "done"), ("p1", "done")], *NEVER_STARTED[1]], None),
+    "aggregator generating": ("agg", nth_token("agg"),
+                              [[("p0", "done"), ("p1", "done")], [("agg", "cancelled")], *NEVER_STARTED[2]], "agg"),
     "final generating": ("final", nth_token("final"),
                          [[("p0", "done"), ("p1", "done")], [("agg", "done")], [("final", "cancelled")]], "final"),
 }
@@ -430,7 +437,7 @@ def test_cancel_during_a_download_stops_it_and_no_half_file_counts_as_a_model(mo
     assert run.stopped_after["hub"] < within(2.0)
     turn = saved_turn(conversation)
     assert turn.status == "cancelled"
-    assert statuses(turn) == [[("hub", "cancelled"), ("p1", "cancelled")]]
+    assert statuses(turn) == [[("hub", "cancelled"), ("p1", "cancelled")], [("final", "cancelled")]]
     assert turn.layers[0][0].error is None  # stopped by the user: not a failure
     assert alive_model_threads() == []
     assert complete_files() == [] and not local_status(HUB_SPEC).on_disk
@@ -471,7 +478,7 @@ def test_sigint_to_moa_ask_at_each_stage_exits_130_and_saves_valid_json(stage, m
     turn = interrupted_turn()
     assert turn.status == "cancelled"
     if stage == "loading":
-        assert statuses(turn) == [[("p0", "cancelled")]] and turn.layers[0][0].text == ""
+        assert statuses(turn) == [[("p0", "cancelled")], [("final", "cancelled")]] and turn.layers[0][0].text == ""
     else:
         assert turn.layers[0][0].status == "done" and turn.layers[0][0].text.strip()
     if stage == "final generating":
@@ -493,7 +500,8 @@ def test_sigint_during_a_download_exits_130_and_no_half_file_counts_as_a_model(h
     assert "Traceback" not in moa.stderr
     assert took < within(10)
     turn = interrupted_turn()
-    assert turn.status == "cancelled" and statuses(turn) == [[("hub", "cancelled"), ("p1", "cancelled")]]
+    assert turn.status == "cancelled"
+    assert statuses(turn) == [[("hub", "cancelled"), ("p1", "cancelled")], [("final", "cancelled")]]
     assert complete_files() == [] and not local_status(HUB_SPEC).on_disk
 
 

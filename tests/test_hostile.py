@@ -29,7 +29,6 @@ from moa_tui.paths import cache_dir as moa_cache_dir
 from moa_tui.paths import hf_cache_dir
 from moa_tui.pipeline import MoAPipeline
 from moa_tui.transcript import (
-    export_markdown_file,
     list_conversations,
     load_conversation,
     new_conversation,
@@ -37,6 +36,7 @@ from moa_tui.transcript import (
     save_conversation,
     transcripts_dir,
 )
+from moa_tui.transcript_markdown import export_markdown_file
 
 from .gguf_factory import write_loadable_llama
 from .helpers import REPO, within

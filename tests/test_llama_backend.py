@@ -155,6 +155,35 @@ def test_gpu_offload_request_on_cpu_build_says_so(smollm2_path):
         cpu_only.close()
 
 
+@pytest.mark.real
+def test_n_gpu_layers_auto_never_asks_for_a_gpu_the_build_cannot_use(write_config, smollm2_path, tmp_path,
+                                                                      monkeypatch):
+    """`auto` becomes the planned layer count: on a CPU-only build that is 0, so no GPU notice, ever."""
+    from moa_tui.backends.pool import ModelPool
+    from moa_tui.events import ModelRef, Notice
+
+    monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "own-cache"))  # nothing remembered: a first run
+    config = write_config(f"""
+        version: 1
+        pipelines:
+          p:
+            layers:
+              - models: [{{id: a, source: {{path: "{smollm2_path}"}}, n_ctx: 512, n_gpu_layers: auto}}]
+    """)
+    spec = config.pipeline("p").all_models()[0]
+    pool = ModelPool()
+    pool.prepare(config.pipeline("p"), config.memory)
+    events: list = []
+    try:
+        with pool.open(spec, ModelRef(0, 0, "a", "final"), events.append, CancelToken()) as model:
+            notices = [e.message for e in events if isinstance(e, Notice)]
+            if not gpu_offload_supported():
+                assert model._llm.model_params.n_gpu_layers == 0
+            assert not any("GPU offload requested" in n for n in notices + list(model.notices))
+    finally:
+        pool.close()
+
+
 @pytest.mark.parametrize("content", [b"", b"not a gguf at all", b"GGUF\x03\x00\x00\x00" + b"\xff" * 40])
 def test_bad_files_raise_model_error_not_crash(tmp_path, content):
     path = tmp_path / "bad.gguf"

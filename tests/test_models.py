@@ -421,7 +421,9 @@ def test_gemma_with_a_wrong_size_file_is_assembled_again(tmp_path, monkeypatch, 
     monkeypatch.setenv("MOA_CACHE_DIR", str(tmp_path / "cache"))
     gemma = spec(PackageSource(GEMMA_PACKAGE, GEMMA_FILE))
     status = local_status(gemma)
-    assert not status.on_disk and status.note == "installed in parts; assembled on first use"
+    # On disk for every purpose (assembling needs no network), with no file yet.
+    assert (status.on_disk, status.path, status.size) == (True, None, 253113024)
+    assert status.note == "installed in parts; assembled on first use"
     target = tmp_path / "cache" / "packages" / GEMMA_PACKAGE / GEMMA_FILE
     target.parent.mkdir(parents=True)
     target.write_bytes(b"GGUF half")

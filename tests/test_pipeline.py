@@ -216,7 +216,8 @@ def test_cancel_mid_turn_keeps_partial_answer(smol_config):
     first = finished.record.layers[0][0]
     assert first.status == "cancelled" and first.text
     assert all(a.status == "cancelled" for a in finished.record.layers[0])
-    assert len(finished.record.layers) == 1  # later layers never started
+    # the later layers never started: saved as the screen shows them, every model cancelled
+    assert [[a.status for a in layer] for layer in finished.record.layers[1:]] == [["cancelled"], ["cancelled"]]
     saved = load_conversation(Path(finished.transcript_path))
     assert saved.turns[0].status == "cancelled" and saved.turns[0].layers[0][0].text == first.text
 

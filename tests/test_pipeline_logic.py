@@ -16,7 +16,7 @@ from moa_tui.backends.scripted import ScriptedModel, ScriptedProvider
 from moa_tui.events import LayerFinished, ModelFailed, ModelFinished, Notice, Token, TurnFinished
 from moa_tui.pipeline import MoAPipeline
 from moa_tui.prompts import REFERENCES_HEADER
-from moa_tui.transcript import load_conversation, new_conversation
+from moa_tui.transcript import load_conversation, new_conversation, transcripts_dir
 
 from .helpers import within
 
@@ -80,7 +80,9 @@ def test_every_proposer_failing_ends_the_turn(three):
     assert finished.status == "failed"
     assert finished.error.startswith("every model of layer 1 failed: a: bad file; b: boom")
     assert "agg" not in provider.models
-    assert load_conversation(Path(finished.transcript_path)).turns[0].error == finished.error
+    saved = load_conversation(Path(finished.transcript_path)).turns[0]
+    assert saved.error == finished.error
+    assert [[a.status for a in layer] for layer in saved.layers] == [["failed", "failed"], ["skipped"], ["skipped"]]
 
 
 def test_final_model_failing_saves_turn_with_the_error(three):
@@ -104,7 +106,26 @@ def test_cancel_between_layers_skips_the_rest(three):
             cancel.cancel()
     assert events[-1].status == "cancelled"
     assert "agg" not in provider.models
-    assert len(events[-1].record.layers) == 1
+    # Saved as the screen shows it: the layers that never started are there, every model cancelled.
+    saved = load_conversation(Path(events[-1].transcript_path)).turns[0]
+    assert [[(a.model_id, a.status) for a in layer] for layer in saved.layers] == [
+        [("a", "done"), ("b", "done")], [("agg", "cancelled")], [("final", "cancelled")]]
+    assert saved.reply == "" and saved.layers[2][0].role == "final"
+
+
+def test_cancel_while_the_consumer_stops_early_saves_every_layer(three):
+    provider = ScriptedProvider({"a": ScriptedModel(" ".join(["word"] * 200), tokens_per_second=200)})
+    pipeline = MoAPipeline(three(), provider=provider)
+    conversation = new_conversation("three")
+    events = pipeline.run_turn(conversation, "q")
+    for event in events:
+        if isinstance(event, Token):
+            break
+    events.close()  # Ctrl+C in `moa ask`: layer 1 is open, b never started
+    saved = load_conversation(transcripts_dir() / f"{conversation.id}.json").turns[0]
+    assert [[(a.model_id, a.status) for a in layer] for layer in saved.layers] == [
+        [("a", "cancelled"), ("b", "cancelled")], [("agg", "cancelled")], [("final", "cancelled")]]
+    assert saved.status == "cancelled"
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -153,3 +174,46 @@ def test_tokens_stream_in_order_per_model(three):
     events, _, _ = turn(three(), {"a": ScriptedModel(tokens=["x", "y", "z"])})
     assert [e.text for e in events if isinstance(e, Token) and e.ref.model_id == "a"] == ["x", "y", "z"]
     assert isinstance(events[-1], TurnFinished)
+
+
+def test_replacing_the_last_turn_keeps_it_and_changes_fixed_seeds(write_config):
+    config = write_config("""
+        version: 1
+        pipelines:
+          two:
+            layers:
+              - models:
+                  - {id: seeded, source: {path: a.gguf}, seed: 7}
+                  - {id: random, source: {path: b.gguf}}
+              - models:
+                  - {id: final, source: {path: f.gguf}, seed: 1}
+    """)
+    provider = ScriptedProvider({"final": ScriptedModel("reply to {user}")})
+    pipeline = MoAPipeline(config, provider=provider)
+    conversation = new_conversation("two")
+    list(pipeline.run_turn(conversation, "first"))
+    list(pipeline.run_turn(conversation, "second"))
+    events = list(pipeline.run_turn(conversation, "second, edited", replace_last=True))
+    list(pipeline.run_turn(conversation, "second, edited", replace_last=True))  # regenerate
+
+    assert [t.user_message for t in conversation.turns] == ["first", "second, edited"]
+    last = conversation.turns[-1]
+    assert [t.user_message for t in last.replaced] == ["second", "second, edited"]
+    assert all(not t.replaced for t in last.replaced)  # one level: each try keeps no tries of its own
+    assert events[0].turn_index == 1
+    # The replaced turn is not history: the new answer sees only "first" before it.
+    call = provider.models["final"].calls[-1]
+    assert [m.role for m in call] == ["system", "user", "assistant", "user"] and call[1].content == "first"
+    assert call[3].content.startswith("second, edited")
+    seeds = [[(a.model_id, a.settings.get("seed")) for a in t.layers[0]] for t in (*last.replaced, last)]
+    assert seeds == [[("seeded", 7), ("random", None)], [("seeded", 1007), ("random", None)],
+                     [("seeded", 2007), ("random", None)]]
+    assert last.layers[1][0].settings["seed"] == 2001
+    saved = load_conversation(transcripts_dir() / f"{conversation.id}.json")
+    assert [t.user_message for t in saved.turns[-1].replaced] == ["second", "second, edited"]
+
+
+def test_replace_last_on_an_empty_conversation_is_a_first_turn(three):
+    conversation = new_conversation("three")
+    events = list(MoAPipeline(three(), provider=ScriptedProvider()).run_turn(conversation, "q", replace_last=True))
+    assert events[-1].status == "done" and len(conversation.turns) == 1 and conversation.turns[0].replaced == []

@@ -27,10 +27,10 @@ from moa_tui.transcript import (
     ModelAnswer,
     conversation_from_dict,
     conversation_to_dict,
-    export_markdown,
     load_conversation,
     new_conversation,
 )
+from moa_tui.transcript_markdown import export_markdown
 
 from .gguf_factory import with_chat_template
 
@@ -320,7 +320,7 @@ def test_markdown_export_shows_thinking_folded_and_fenced():
                                          reply="Paris.", layers=[[answer]]))
     text = export_markdown(conversation)
     assert "<summary>Thinking (3 words)</summary>" in text and "````text\n```\n</details> plan\n````" in text
-    assert text.index("<summary>Thinking") < text.rindex("```markdown\nParis.")
+    assert text.index("<summary>Thinking") < text.rindex("**Answer:**\n\nParis.")  # the answer, as Markdown, after
 
 
 # -- moa ask ------------------------------------------------------------------------------------

@@ -26,15 +26,17 @@ from moa_tui.transcript import (
     TurnRecord,
     conversation_from_dict,
     conversation_to_dict,
-    export_markdown,
-    export_markdown_file,
+    delete_conversation,
     list_conversations,
     load_conversation,
     new_conversation,
+    rename_conversation,
     resolve_transcript,
     save_conversation,
     transcripts_dir,
 )
+from moa_tui.transcript_markdown import export_markdown, export_markdown_file, is_plain_markdown, md_fence
+from moa_tui.transcript_search import search_conversations, snippet
 
 from .helpers import REPO
 
@@ -138,6 +140,26 @@ def test_round_trip_keeps_every_field():
     restored = conversation_from_dict(data).turns[0].layers[0][0]
     assert isinstance(restored.stats, GenerationStats) and restored.stats.time_to_first_token == 0.125
     assert restored.settings == {"temperature": 0.3, "stop": ["\n\n"], "max_tokens": 64}
+
+
+def test_replaced_tries_of_a_turn_round_trip_one_level_deep():
+    conv = sample_conversation()
+    first, second = conv.turns
+    earlier = TurnRecord("What is a MoA?", "tiny", "2026-11-24T15:04:00+00:00", status="done", reply="Old reply.",
+                         replaced=[TurnRecord("deeper", "tiny", "2026-11-24T15:03:00+00:00")])
+    first.replaced = [earlier]
+    data = json.loads(json.dumps(conversation_to_dict(conv)))
+    assert data["turns"][0]["replaced"][0]["reply"] == "Old reply." and data["turns"][1]["replaced"] == []
+    assert "replaced" not in data["turns"][0]["replaced"][0]  # one level is written
+    data["turns"][0]["replaced"][0]["replaced"] = [{"not": "read"}]  # and read
+    restored = conversation_from_dict(data)
+    assert restored.turns[0].replaced[0].reply == "Old reply." and restored.turns[0].replaced[0].replaced == []
+    old = conversation_to_dict(conv)
+    del old["turns"][0]["replaced"]  # a transcript from before regenerate
+    assert conversation_from_dict(old).turns[0].replaced == []
+    data["turns"][0]["replaced"] = [3]
+    with pytest.raises(TranscriptError, match=r"turns\[0\]\.replaced\[0\]: expected an object, got an integer"):
+        conversation_from_dict(data)
 
 
 def test_save_and_load_round_trip_and_title():
@@ -395,6 +417,66 @@ def test_resolve_by_path_id_stem_and_prefix(tmp_path):
         resolve_transcript(str(tmp_path))
 
 
+def saved_with(conv_id: str, message: str, reply: str, *, answer_text: str = "", title: str = "") -> Path:
+    conv = sample_conversation(conv_id)
+    conv.title = title
+    conv.turns = conv.turns[:1]
+    conv.turns[0].user_message, conv.turns[0].reply = message, reply
+    conv.turns[0].layers[0][0].text = answer_text or "a proposer's words"
+    return save_conversation(conv)
+
+
+def test_search_finds_every_word_in_messages_replies_and_answers_with_a_snippet():
+    saved_with("2026-01-01T00-00-00Z-aaaa", "Why is the sky blue?", "Rayleigh scattering of sunlight.")
+    saved_with("2026-01-02T00-00-00Z-bbbb", "Name two colors", "Red and blue.", answer_text="Crimson, azure")
+    saved_with("2026-01-03T00-00-00Z-cccc", "Tell me a joke", "No.", title="Jokes about AZURE skies")
+    (transcripts_dir() / "broken.json").write_text("{", encoding="utf-8")
+
+    def ids(query):
+        return sorted(summary.id[-4:] for summary, _ in search_conversations(query))
+
+    assert ids("blue") == ["aaaa", "bbbb"]
+    assert ids("BLUE sky") == ["aaaa"]  # every word, any case
+    assert ids("azure") == ["bbbb", "cccc"]  # a proposer's answer, a title
+    assert ids("scattering  sunlight") == ["aaaa"] and ids("nothing-like-this") == []
+    (hit, text), = search_conversations("rayleigh")
+    assert hit.id.endswith("aaaa") and "Rayleigh scattering of sunlight." in text and "\n" not in text
+    with pytest.raises(ValueError, match="the search is empty"):
+        search_conversations("   ")
+
+
+def test_snippet_is_one_line_around_the_first_match():
+    text = "start " + "x" * 100 + " the Needle\nin a haystack " + "y" * 100
+    line = snippet(text, "needle", width=30)
+    assert "Needle" in line and "\n" not in line and line.startswith("…") and line.endswith("…")
+    assert len(line) <= 32 and snippet(text, "absent") == "" and snippet("short needle", "needle") == "short needle"
+
+
+def test_rename_sets_the_title_and_keeps_everything_else():
+    path = saved_with("2026-01-01T00-00-00Z-aaaa", "Why is the sky blue?", "Rayleigh.")
+    before = load_conversation(path)
+    renamed = rename_conversation(path, "  Sky\ncolour  ")
+    after = load_conversation(path)
+    assert renamed.title == after.title == "Sky colour"
+    assert after.turns == before.turns and after.id == before.id
+    assert [s.title for s in list_conversations()] == ["Sky colour"]
+    with pytest.raises(ValueError, match="empty"):
+        rename_conversation(path, " \n ")
+
+
+def test_delete_removes_the_transcript_and_its_markdown_and_nothing_else(tmp_path):
+    path = saved_with("2026-01-01T00-00-00Z-aaaa", "Why?", "Because.")
+    keep = saved_with("2026-01-02T00-00-00Z-bbbb", "Why not?", "Because not.")
+    markdown = export_markdown_file(load_conversation(path))
+    assert delete_conversation(path) == [path, markdown]
+    assert not path.exists() and not markdown.exists() and keep.exists()
+    other = tmp_path / "notes.json"
+    other.write_text('{"not": "a transcript"}', encoding="utf-8")
+    with pytest.raises(TranscriptError, match="not a moa-tui transcript"):
+        delete_conversation(other)
+    assert other.exists()
+
+
 # -- Markdown ------------------------------------------------------------------------------------
 
 
@@ -489,3 +571,45 @@ def test_markdown_file_is_written_next_to_the_json(tmp_path):
     assert md_path.read_text(encoding="utf-8") == export_markdown(conv)
     assert export_markdown_file(conv, tmp_path / "out") == tmp_path / "out" / f"{conv.id}.md"
     assert sorted(p.name for p in transcripts_dir().iterdir()) == [json_path.name, md_path.name]
+
+
+def test_replies_and_answers_render_as_markdown():
+    conv = sample_conversation()
+    conv.turns[0].reply = "# Paris\n\n1. on the **Seine**\n2. about 2.1 million people\n\n```python\nprint('hi')\n```"
+    conv.turns[0].layers[0][0].text = "- one\n- two"
+    md = export_markdown(conv)
+    assert "```markdown" not in md
+    tokens = tokens_of(md)
+    assert [t.tag for t in tokens if t.type == "heading_open"][:3] == ["h1", "h2", "h1"]  # the reply's own heading
+    assert ("print('hi')\n", "python") in [(t.content, t.info) for t in tokens if t.type == "fence"]
+    rendered = MarkdownIt("commonmark").render(md)
+    assert "<strong>Seine</strong>" in rendered and "<li>one</li>" in rendered and "<ol>" in rendered
+
+
+@pytest.mark.parametrize("text", [
+    "```\nan unclosed fence swallows the rest",
+    "~~~\nanother one",
+    "<div>raw html</div>",
+    "fine until </details> here",
+    "a tracking pixel ![x](http://example.com/t.png)",
+    "- a list whose item\n\n  goes on\n</details>",
+    "<!-- a comment that never ends",
+])
+def test_text_that_would_break_the_document_stays_fenced(text):
+    assert not is_plain_markdown(text)
+    conv = sample_conversation()
+    conv.turns[0].reply = text
+    md = export_markdown(conv)
+    assert md_fence(text, "markdown") in md
+    rendered = MarkdownIt("commonmark").render(md)
+    assert re.findall(r"<h2>(.*?)</h2>", rendered) == ["Turn 1", "Turn 2"]  # the rest of the document is intact
+
+
+def test_earlier_tries_of_a_turn_are_exported_folded():
+    conv = sample_conversation()
+    conv.turns[0].replaced = [TurnRecord("What is a MoA?", "tiny", "2026-11-24T15:04:00+00:00", status="done",
+                                         reply="An *old* reply.")]
+    md = export_markdown(conv)
+    assert "<summary>1 earlier try of this turn (regenerated or edited)</summary>" in md
+    assert "#### Earlier try 1: done" in md and "An *old* reply." in md
+    assert md.count("<details>") == md.count("</details>") == 4

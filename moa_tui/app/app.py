@@ -12,6 +12,8 @@ How the pieces meet:
   answer's last Markdown block and repaints only the lines that changed: widgets/stream_view.py);
   other events are applied in order. Between turns the clock stops.
 - No full garbage collection runs while a turn streams (`GcPolicy`).
+- Model downloads (models missing when a pipeline is chosen, or a file a turn needs) belong to
+  `DownloadController` (download_controller.py): its threads use the same buffer.
 - Esc sets the turn's CancelToken: the models stop between tokens, the pipeline reports them as
   cancelled with their partial text, and the panes show that.
 - Quitting, switching pipeline, opening or starting a conversation first cancel the turn and wait
@@ -24,26 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from textual.app import App
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.content import Content
-from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Header
 from textual.worker import Worker, get_current_worker
 
 from ..backends.base import CancelToken, ModelProvider
-from ..config import Config, ModelSpec
+from ..config import Config
 from ..events import (
     DownloadProgress,
     ModelFailed,
@@ -55,18 +54,17 @@ from ..events import (
     TurnFinished,
     TurnStarted,
 )
+from ..input_history import load_history, save_draft, take_draft
 from ..pipeline import MoAPipeline
-from ..transcript import (
-    Conversation,
-    TranscriptError,
-    TurnRecord,
-    export_markdown_file,
-    list_conversations,
-    load_conversation,
-    new_conversation,
-    resolve_transcript,
-)
+from ..settings import load_settings, save_settings
+from ..transcript import Conversation, TurnRecord, load_conversation, new_conversation
 from .commands import MoACommands
+from .conversation_actions import ConversationActions
+from .copying import CopyActions
+from .download_controller import MESSAGES as DOWNLOAD_MESSAGES
+from .download_controller import DownloadController, Puller
+from .event_buffer import BufferWake, EventBuffer, TurnEnded
+from .gc_policy import GcPolicy
 from .keys import COMMANDS as APP_COMMANDS
 from .text import layout_text, one_line
 from .widgets.chat_input import ChatInput
@@ -74,129 +72,14 @@ from .widgets.footer import QuietFooter
 from .widgets.history import HistoryPanel, TurnCard
 from .widgets.turn_view import TurnView, turn_header
 
-if TYPE_CHECKING:  # the screens are imported when first shown: a faster first frame
-    from .screens.downloads import DownloadScreen
+__all__ = ["EventBuffer", "MoAApp", "TurnEnded", "run_app"]
 
 TEXT_INTERVAL = 1 / 8  # seconds between two drains of streamed tokens while a turn runs (one screen update each)
 TICK_INTERVAL = 0.25  # live timings (thinking time, tokens/s) refresh
 NARROW_BELOW = 90  # columns: below this, layers stack vertically and the history hides
 
-Puller = Callable[[ModelSpec, Callable[[str, int, "int | None", float], None], Callable[[], bool]], object]
 
-
-def default_puller(spec: ModelSpec, on_progress, cancel) -> object:
-    """Download one model's files (moa_tui.models; imported only when a download is needed)."""
-    from ..models import resolve_model
-
-    return resolve_model(spec, offline=False, on_progress=on_progress, cancel=cancel)
-
-
-class EventBuffer:
-    """Where worker threads leave events for the UI: appending never blocks on the screen."""
-
-    def __init__(self, wake: Callable[[], object] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._items: list = []
-        self.urgent = False  # something other than a token waits
-        self.wake = wake  # called (in the pushing thread) when the first such event arrives
-
-    def push(self, item) -> None:
-        wake = None
-        with self._lock:
-            self._items.append(item)
-            if type(item) is not Token and not self.urgent:
-                self.urgent, wake = True, self.wake
-        if wake is not None:
-            wake()
-
-    def take(self) -> list:
-        with self._lock:
-            items, self._items = self._items, []
-            self.urgent = False
-        return items
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-
-# Messages of the app's own threads, through the same buffer as pipeline events.
-
-
-@dataclass(frozen=True)
-class TurnEnded:
-    """The turn thread is done (after TurnFinished; `error` if the engine itself broke)."""
-
-    index: int
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelsChecked:
-    pipeline: str
-    missing: list[str]
-    specs: list[ModelSpec] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class PullProgress:
-    label: str
-    filename: str
-    downloaded: int
-    total: int | None
-    rate: float
-
-
-@dataclass(frozen=True)
-class PullFailed:
-    label: str
-    message: str
-
-
-@dataclass(frozen=True)
-class PullEnded:
-    cancelled: bool
-    failed: int
-    pulled: int
-
-
-class BufferWake(Message):
-    """The event buffer got something other than a token: apply it now (posted from a worker thread)."""
-
-
-class GcPolicy:
-    """No full garbage collection while a turn streams.
-
-    A full collection walks every tracked object and stops the world while it does: with Textual,
-    Rich and Pygments loaded that took 150-240 ms on a slow CPU, and one landing mid-stream froze
-    every pane that long (benchmarks/bench_app.py). So: what is alive after start-up (modules,
-    classes, the app itself) is frozen out of the collector (gc.freeze); while a turn runs, only
-    the cheap young-generation collections happen (reference counting frees almost everything
-    anyway); when the turn ends, a full collection runs once, and the old settings come back.
-    """
-
-    def __init__(self) -> None:
-        self._thresholds = gc.get_threshold()
-        self._turns = 0
-
-    def started(self) -> None:
-        gc.collect()
-        gc.freeze()
-
-    def turn_started(self) -> None:
-        self._turns += 1
-        young, middle, _ = self._thresholds
-        gc.set_threshold(young, middle, 1_000_000)  # generation 2 practically never on its own
-
-    def turn_ended(self) -> None:
-        self._turns = max(0, self._turns - 1)
-        if not self._turns:
-            gc.set_threshold(*self._thresholds)
-            gc.collect()
-
-
-class MoAApp(App[int]):
+class MoAApp(ConversationActions, CopyActions, App[int]):
     """Chat with a Mixture of Agents of local models."""
 
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
@@ -204,7 +87,7 @@ class MoAApp(App[int]):
     COMMANDS = App.COMMANDS | {MoACommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]
     BINDINGS = [
-        Binding(command.key, command.action, command.short, tooltip=command.help, priority=command.key == "ctrl+q")
+        Binding(command.key, command.action, command.short, tooltip=command.help, priority=command.priority)
         for command in APP_COMMANDS
     ]
 
@@ -232,7 +115,7 @@ class MoAApp(App[int]):
         self.provider = provider
         self.timings = timings
         self.clock = clock
-        self.puller: Puller = puller or default_puller
+        self.downloads = DownloadController(self, puller)
         if resume is not None:
             self.conversation: Conversation = load_conversation(Path(resume))
             if pipeline_name is None and self.conversation.pipeline in config.pipelines:
@@ -253,16 +136,18 @@ class MoAApp(App[int]):
         self._turn_text = ""
         self._turn_started = 0.0
         self._turn_finished: TurnFinished | None = None
-        self._download_screen: DownloadScreen | None = None  # screens are imported when first shown
-        self._download_mode = ""  # "pull" (before any turn) or "turn" (a turn needs a file)
-        self._pull_cancel: threading.Event | None = None
-        self._pull_worker: Worker | None = None
         self._view_lock = asyncio.Lock()
         self._ticked = 0.0  # time.monotonic() of the last refresh of the live timings
         self._drain_timer: Timer | None = None
         self._header_status = ""  # the running turn's status, as shown in the header
         self.turn_ended_at: float | None = None  # time.perf_counter() when the last turn's end was shown
+        self.draft_kept = False  # quitting kept an unsent message for the next start
         self._shut_down = False  # not `_closed`: Textual's MessagePump uses that name (a closed message loop)
+
+    @property
+    def shutting_down(self) -> bool:
+        """Quitting has begun: no new turn, screen or download starts."""
+        return self._shut_down
 
     def _make_pipeline(self, name: str | None) -> MoAPipeline:
         return MoAPipeline(self.config, name, provider=self.provider, offline=self.offline)
@@ -274,8 +159,8 @@ class MoAApp(App[int]):
         with Horizontal(id="main"):
             yield HistoryPanel(id="history")
             yield TurnView(timings=self.timings, clock=self.clock, id="turn")
-        yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter or Ctrl+J: new line · "
-                                                "Up: last message · F1: help")
+        yield ChatInput(id="input", placeholder="Message · Enter sends · Shift+Enter: new line · "
+                                                "Up: history · F1: help")
         yield QuietFooter()
 
     @property
@@ -291,12 +176,21 @@ class MoAApp(App[int]):
         return self.query_one("#input", ChatInput)
 
     async def on_mount(self) -> None:
-        self._update_titles()
-        await self._show_conversation()
+        self._apply_saved_theme()
+        self.update_titles()
+        await self.show_conversation()
         self.buffer.wake = lambda: self.post_message(BufferWake())  # post_message is thread-safe
         self._drain_timer = self.set_interval(TEXT_INTERVAL, self._on_clock, name="drain", pause=True)
+        self.chat_input.sent = load_history()
+        draft = take_draft()
+        if draft:
+            self.chat_input.text = draft
+            self.chat_input.move_cursor(self.chat_input.document.end)
+            self.notify("The message you had not sent when moa-tui quit is back in the box.", title="moa-tui")
         self.chat_input.focus()
-        self._check_models()
+        # Enter on a pane shows it full screen; Esc (Textual's) returns: the footer must say which Esc does.
+        self.watch(self.screen, "maximized", lambda _: self.screen.refresh_bindings(), init=False)
+        self.downloads.check(self.pipeline)
         if self.gc_policy is not None:
             self.call_after_refresh(self.gc_policy.started)
 
@@ -309,14 +203,27 @@ class MoAApp(App[int]):
             return []
         return [layer.name for layer in pipeline.layers]
 
-    def _update_titles(self) -> None:
+    def _apply_saved_theme(self) -> None:
+        """The theme picked in the palette last time; every later pick is saved (settings.json)."""
+        saved = load_settings().theme
+        if saved and saved in self.available_themes:
+            self.theme = saved
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+
+    def _theme_changed(self, theme) -> None:
+        settings = load_settings()
+        if settings.theme != theme.name:
+            settings.theme = theme.name
+            save_settings(settings)
+
+    def update_titles(self) -> None:
         title = one_line(self.conversation.title, 50)
         self.sub_title = f"{self.pipeline_name}" + (f" · {title}" if title else "")
 
-    async def _show_conversation(self) -> None:
-        """History, recall list and the grid for the current conversation."""
+    async def show_conversation(self) -> None:
+        """History and the grid for the current conversation (a message being edited stays as typed)."""
+        self.chat_input.end_edit(restore=False)
         await self.history.show_conversation(self.conversation)
-        self.chat_input.sent = [turn.user_message for turn in self.conversation.turns]
         turns = self.conversation.turns
         async with self._view_lock:
             if turns:
@@ -341,19 +248,21 @@ class MoAApp(App[int]):
     # -- a turn ---------------------------------------------------------------------------------
 
     async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
-        await self.send(message.text)
+        await self.send(message.text, replace_last=message.replace)
 
     def on_chat_input_refused(self, message: ChatInput.Refused) -> None:
         self.notify("A turn is running: your message stays in the box until it ends. Esc cancels the turn.",
                     title="Not sent yet", severity="warning", timeout=3, markup=False)
 
-    async def send(self, text: str) -> None:
-        """Start a turn with `text` (what Enter in the message box does)."""
+    async def send(self, text: str, *, replace_last: bool = False) -> None:
+        """Start a turn with `text` (what Enter in the message box does); `replace_last`: in the last
+        turn's place (regenerate, edit and resend: the pipeline keeps the replaced turn in the new one)."""
         if self.running or self._shut_down or not text.strip():
             return
+        replace_last = replace_last and bool(self.conversation.turns)
         self.running = True
         self.chat_input.set_busy(True)
-        self._turn_index = index = len(self.conversation.turns)
+        self._turn_index = index = len(self.conversation.turns) - replace_last
         self._turn_text = text
         self._turn_finished = None
         self._turn_started = self.clock()
@@ -365,26 +274,29 @@ class MoAApp(App[int]):
             # The models start first; the screen gets ready meanwhile (their events wait in the
             # buffer until it is: a drain needs the view lock).
             self._turn_worker = self.run_worker(
-                partial(self._turn_thread_main, self.pipeline, self.conversation, text, cancel, index),
+                partial(self._turn_thread_main, self.pipeline, self.conversation, text, cancel, replace_last),
                 name="moa-turn", group="turn", thread=True, exit_on_error=False,
             )
             await asyncio.sleep(0)  # the worker's task starts its thread now, not after the work below
             await self.turn_view.show_layout(self.pipeline.refs(), self._layer_names())
             self._header_status = ""
             self._set_running_header()
+            if replace_last:
+                await self.history.remove_turn(index)
             await self.history.add_turn(index, text)
         if self._drain_timer is not None:
             self._drain_timer.resume()
         self.refresh_bindings()
 
     def _turn_thread_main(self, pipeline: MoAPipeline, conversation: Conversation, text: str,
-                          cancel: CancelToken, index: int) -> None:
+                          cancel: CancelToken, replace_last: bool) -> None:
         """Runs in the worker thread: events go to the buffer, nothing else."""
         push = self.buffer.push
         worker = get_current_worker()
+        index = len(conversation.turns) - replace_last
         error = None
         try:
-            for event in pipeline.run_turn(conversation, text, cancel):
+            for event in pipeline.run_turn(conversation, text, cancel, replace_last=replace_last):
                 push(event)
                 if worker.is_cancelled:  # the app is shutting down
                     cancel.cancel()
@@ -469,7 +381,7 @@ class MoAApp(App[int]):
                 await view.show_layout(item.layers, self._layer_names(item.pipeline, len(item.layers)))
         elif isinstance(item, DownloadProgress):
             view.handle(item)
-            await self._turn_download(item)
+            await self.downloads.turn_download(item)
         elif isinstance(item, Notice):
             view.handle(item)
             severity = {"info": "information", "warning": "warning", "error": "error"}[item.level]
@@ -479,24 +391,14 @@ class MoAApp(App[int]):
             await self._turn_finished_event(item)
         elif isinstance(item, TurnEnded):
             await self._turn_ended(item)
-        elif isinstance(item, ModelsChecked):
-            await self._models_checked(item)
-        elif isinstance(item, PullProgress):
-            if self._download_screen is not None:
-                await self._download_screen.progress(item.label, item.filename, item.downloaded, item.total,
-                                                     item.rate)
-        elif isinstance(item, PullFailed):
-            if self._download_screen is not None:
-                await self._download_screen.failed(item.label, item.message)
-            self.notify(item.message, title=f"{item.label}: download failed", severity="error", markup=False)
-        elif isinstance(item, PullEnded):
-            self._pull_ended(item)
+        elif isinstance(item, DOWNLOAD_MESSAGES):
+            await self.downloads.handle(item)
         else:
             view.handle(item)
             if isinstance(item, ModelFailed):
                 self.notify(item.error, title=f"{item.ref.model_id} failed", severity="error", markup=False)
             if isinstance(item, (ModelLoading, ModelStarted, ModelFinished, ModelFailed)):
-                self._close_turn_download()
+                self.downloads.close_turn_download()
 
     async def _turn_finished_event(self, event: TurnFinished) -> None:
         self._turn_finished = event
@@ -513,7 +415,7 @@ class MoAApp(App[int]):
         elif event.status == "cancelled":
             self.notify("Partial answers are kept, marked cancelled.", title="Turn cancelled", severity="warning")
         self.turn_view.set_header(turn_header(self._turn_text, status))
-        self._update_titles()
+        self.update_titles()
 
     async def _turn_ended(self, item: TurnEnded) -> None:
         self.turn_ended_at = time.perf_counter()
@@ -521,7 +423,7 @@ class MoAApp(App[int]):
             status = self._turn_finished.status if self._turn_finished else "failed"
             self.turn_view.end_turn(status)
         finally:
-            self._close_turn_download()
+            self.downloads.close_turn_download()
             if item.error:
                 self.notify(item.error, title="moa-tui", severity="error", markup=False)
                 if self._turn_finished is None:
@@ -541,118 +443,15 @@ class MoAApp(App[int]):
                     self.chat_input.focus()
             self.refresh_bindings()
 
-    # -- downloads ------------------------------------------------------------------------------
-
-    async def _turn_download(self, event: DownloadProgress) -> None:
-        """A running turn needs a file: show the download screen (Esc there cancels the turn)."""
-        label = event.ref.model_id if event.ref is not None else "download"
-        if self._download_screen is None:
-            who = f"{label} is" if event.ref is not None else "Some models are"
-            from .screens.downloads import DownloadScreen
-
-            screen = DownloadScreen(f"{who} not on disk yet; downloading for this turn (once: it stays cached).",
-                                    self.action_cancel_turn, timings=self.timings)
-            self._download_screen, self._download_mode = screen, "turn"
-            await self.push_screen(screen)
-        if self._download_mode == "turn":
-            await self._download_screen.progress(label, event.filename, event.downloaded, event.total, event.rate)
-
-    def _close_turn_download(self) -> None:
-        if self._download_screen is not None and self._download_mode == "turn":
-            screen, self._download_screen = self._download_screen, None
-            screen.close()
-
-    def _check_models(self) -> None:
-        """Are the pipeline's models on disk? Asked in a thread (it may look into caches)."""
-        pipeline = self.pipeline
-
-        def check() -> None:
-            try:
-                missing = pipeline.missing_models()
-                specs = [s for s in pipeline.pipeline.all_models() if pipeline.provider.missing_models([s])]
-                self.buffer.push(ModelsChecked(pipeline.pipeline.name, missing, specs))
-            except Exception as exc:  # a broken cache must not keep the app from starting
-                self.buffer.push(ModelsChecked(pipeline.pipeline.name, [], [], f"{type(exc).__name__}: {exc}"))
-
-        self.run_worker(check, name="moa-check-models", group="check", thread=True, exit_on_error=False)
-
-    async def _models_checked(self, item: ModelsChecked) -> None:
-        if item.pipeline != self.pipeline_name or self._shut_down:
-            return
-        if item.error:
-            self.notify(item.error, title="Could not check the models on disk", severity="warning", markup=False)
-        if not item.missing:
-            return
-        if self.offline:
-            from .screens.downloads import MissingModelsScreen
-
-            await self.push_screen(MissingModelsScreen(self.pipeline_name, item.missing))
-            return
-        if self.running or self._download_screen is not None:
-            return
-        names = ", ".join(s.id for s in item.specs) or ", ".join(item.missing)
-        cancel = threading.Event()
-        self._pull_cancel = cancel
-        from .screens.downloads import DownloadScreen
-
-        screen = DownloadScreen(f"Not on disk yet: {names}. Downloading once; they stay in the cache.",
-                                cancel.set, timings=self.timings)
-        self._download_screen, self._download_mode = screen, "pull"
-        self.chat_input.disabled = True
-        await self.push_screen(screen)
-        specs = list(item.specs)
-        self._pull_worker = self.run_worker(partial(self._pull_thread_main, specs, cancel), name="moa-pull",
-                                            group="pull", thread=True, exit_on_error=False)
-
-    def _pull_thread_main(self, specs: list[ModelSpec], cancel: threading.Event) -> None:
-        push = self.buffer.push
-        seen: set[str] = set()
-        failed = pulled = 0
-        try:
-            for spec in specs:
-                if cancel.is_set():
-                    break
-                source = spec.source.describe()
-                if source in seen:
-                    continue
-                seen.add(source)
-
-                def progress(filename: str, downloaded: int, total: int | None, rate: float, _label=spec.id) -> None:
-                    push(PullProgress(_label, filename, downloaded, total, rate))
-
-                try:
-                    self.puller(spec, progress, cancel.is_set)
-                    pulled += 1
-                except Exception as exc:  # every failure is shown; the other models still come
-                    if not cancel.is_set():
-                        failed += 1
-                        push(PullFailed(spec.id, str(exc)))
-        finally:
-            push(PullEnded(cancel.is_set(), failed, pulled))
-
-    def _pull_ended(self, item: PullEnded) -> None:
-        screen, self._download_screen = self._download_screen, None
-        self._pull_cancel = None
-        self._pull_worker = None
-        if screen is not None:
-            screen.close()
-        if not self.running and not self._shut_down:
-            self.chat_input.disabled = False
-            self.chat_input.focus()
-        if item.cancelled:
-            self.notify("Models still missing are downloaded when a turn needs them, or run `moa pull`.",
-                        title="Download cancelled", severity="warning", markup=False)
-        elif item.failed:
-            self.notify(f"{item.failed} model(s) could not be downloaded; turns will fail for them.",
-                        title="Download failed", severity="error", markup=False)
-        else:
-            self.notify(f"{item.pulled} model(s) ready.", title="Download complete")
-
     # -- actions --------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_turn":
             return True if self.running else None  # shown greyed out when no turn runs
+        if action in ("regenerate", "edit_last"):
+            if self.screen is not self.screen_stack[0]:
+                return False  # a past turn's screen: the message box is not on screen
+            return None if self.running or not self.conversation.turns else True
         return True
 
     def action_cancel_turn(self) -> None:
@@ -671,61 +470,6 @@ class MoAApp(App[int]):
                 await worker.wait()
         await self.drain()
 
-    async def action_new_conversation(self) -> None:
-        await self.stop_turn()
-        self.conversation = new_conversation(self.pipeline_name, str(self.config.path))
-        await self._show_conversation()
-        self._update_titles()
-        self.notify("New conversation.", title="moa-tui")
-
-    def action_open_transcript(self) -> None:
-        try:
-            summaries = list_conversations()
-        except (OSError, TranscriptError) as exc:
-            self.notify(str(exc), title="Cannot list transcripts", severity="error", markup=False)
-            return
-        from .screens.transcripts import OpenTranscriptScreen
-
-        self.push_screen(OpenTranscriptScreen(summaries), self._open_chosen)
-
-    async def _open_chosen(self, conversation_id: str | None) -> None:
-        if conversation_id is not None:
-            await self.open_conversation(conversation_id)
-
-    async def open_conversation(self, name: str) -> None:
-        """Continue a saved conversation (a transcript id or path)."""
-        await self.stop_turn()
-        try:
-            conversation = load_conversation(resolve_transcript(name))
-        except (OSError, ValueError, TranscriptError) as exc:
-            self.notify(str(exc), title="Cannot open the transcript", severity="error", markup=False)
-            return
-        self.conversation = conversation
-        await self._show_conversation()
-        self._update_titles()
-        note = ""
-        if conversation.pipeline != self.pipeline_name:
-            note = f" It was made with pipeline {conversation.pipeline}; Ctrl+L switches."
-        title = one_line(conversation.title, 40) or conversation.id
-        self.notify(f"{len(conversation.turns)} turn(s); new messages continue it with pipeline "
-                    f"{self.pipeline_name}.{note}", title=f"Opened {title}", markup=False)
-
-    def action_export(self) -> None:
-        conversation = self.conversation
-        turns = [t for t in conversation.turns if t.status != "running"]
-        if not turns:
-            self.notify("Nothing to export yet.", title="Export", severity="warning")
-            return
-        snapshot = Conversation(conversation.id, conversation.created_at, conversation.pipeline,
-                                conversation.config_path, conversation.title, turns)
-        try:
-            path = export_markdown_file(snapshot)
-        except (OSError, TranscriptError) as exc:
-            self.notify(str(exc), title="Export failed", severity="error", markup=False)
-            return
-        self.last_export = str(path)
-        self.notify(str(path), title="Exported to Markdown", markup=False, timeout=10)
-
     def action_switch_pipeline(self) -> None:
         from .screens.pipelines import PipelineScreen
 
@@ -741,8 +485,7 @@ class MoAApp(App[int]):
             return
         await self.stop_turn()
         old = self.pipeline
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
         self.pipeline = self._make_pipeline(name)
         self.pipeline_name = name
         self.conversation.pipeline = name
@@ -750,10 +493,11 @@ class MoAApp(App[int]):
             await asyncio.to_thread(old.close)
         async with self._view_lock:
             await self._show_idle_layout()
-        self._update_titles()
+        self.update_titles()
+        self.focus_message_box()
         self.notify(f"{layout_text(self.pipeline.pipeline)}. {self.pipeline.pipeline.description}".strip(),
                     title=f"Pipeline {name}", markup=False)
-        self._check_models()
+        self.downloads.check(self.pipeline)
 
     def action_help(self) -> None:
         from .screens.help import HelpScreen
@@ -786,7 +530,11 @@ class MoAApp(App[int]):
             await self.push_screen(TurnScreen(record, message.index, names, timings=self.timings))
 
     async def action_quit(self) -> None:
-        """Ctrl+Q: cancel the turn, wait for it, release the models, leave."""
+        """Ctrl+Q: cancel the turn, wait for it, release the models, leave. A message typed but not
+        sent is kept for the next start (run_app says so on the terminal)."""
+        draft = self.chat_input.text
+        if draft.strip() and draft not in self.chat_input.sent[-1:]:
+            self.draft_kept = save_draft(draft)
         await self.shutdown()
         self.exit(0)
 
@@ -794,20 +542,16 @@ class MoAApp(App[int]):
         if self._shut_down:
             return
         self._shut_down = True
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
         await self.stop_turn()
-        if self._pull_worker is not None:
-            with contextlib.suppress(Exception):  # a download that does not stop in time: left to exit
-                await asyncio.wait_for(self._pull_worker.wait(), timeout=5)
+        await self.downloads.wait_for_pull(timeout=5)
         await asyncio.to_thread(self.pipeline.close)
 
     def on_unmount(self) -> None:
         """However the app ends, no model keeps running for it."""
         if self._cancel is not None:
             self._cancel.cancel()
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
 
     def shutdown_sync(self, timeout: float = 30.0) -> None:
         """After the app loop ended some other way: stop the turn thread, then free the models."""
@@ -816,8 +560,7 @@ class MoAApp(App[int]):
         self._shut_down = True
         if self._cancel is not None:
             self._cancel.cancel()
-        if self._pull_cancel is not None:
-            self._pull_cancel.set()
+        self.downloads.cancel_pull()
         self._turn_done.wait(timeout)
         self.pipeline.close()
 
@@ -836,4 +579,7 @@ def run_app(
         app.run()
     finally:
         app.shutdown_sync()
+    if app.draft_kept:
+        print("moa: the message you had not sent is kept; it will be back in the message box next time.",
+              file=sys.stderr)
     return app.return_code or 0

@@ -29,14 +29,14 @@ from .base import (
 
 def split_tokens(text: str) -> list[str]:
     """Word-ish pieces with their leading whitespace, like a tokenizer's output."""
-    return re.findall(r"\s*\S+|\s+$", text) or [text]
+    return re.findall(r"\s*\S+|\s+$", text) or ([text] if text else [])
 
 
 @dataclass
 class ScriptedModel:
     """What one scripted model does when asked. `{user}` in text is replaced by the user message."""
 
-    text: str | None = None
+    text: str | None = None  # None: "Answer from <id>."; "": an empty answer
     tokens: list[str] | None = None
     tokens_per_second: float = 0.0  # 0: as fast as possible
     first_token_delay: float = 0.0
@@ -76,8 +76,9 @@ class _RunningScript(ChatModel):
         self.sessions.append(session)
         script = self.script
         user = messages[-1].content if messages else ""
-        tokens = script.tokens or split_tokens((script.text or "Answer from {id}.").format_map(
-            {"user": user, "id": self.model_id}))
+        text = script.text if script.text is not None else "Answer from {id}."  # "": an empty answer
+        tokens = script.tokens if script.tokens is not None else split_tokens(
+            text.format_map({"user": user, "id": self.model_id}))
         limit = settings.max_tokens
         started = time.perf_counter()
         stats = GenerationStats(prompt_tokens=self.count_tokens(messages))

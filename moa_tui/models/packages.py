@@ -36,13 +36,18 @@ def package_file(model_id: str, source: PackageSource, progress: Progress) -> Pa
     return _assembled(model_id, source, folder, chunks, progress)
 
 
+ASSEMBLED_ON_FIRST_USE = "installed in parts; assembled on first use"
+
+
 def package_status(model_id: str, source: PackageSource) -> tuple[list[Path] | None, str]:
+    """The package's GGUF, or its parts (note ASSEMBLED_ON_FIRST_USE) when it ships in parts."""
     folder = _package_dir(model_id, source.package)
     for candidate in (folder / source.file, _assembly_target(source)):
         if candidate.is_file():
             return [candidate], ""
-    if _chunk_files(model_id, source, folder):
-        return None, "installed in parts; assembled on first use"
+    chunks = _chunk_files(model_id, source, folder)
+    if chunks:
+        return chunks, ASSEMBLED_ON_FIRST_USE
     return None, _missing_in_package(model_id, source, folder).removeprefix(f"{model_id}: ")
 
 

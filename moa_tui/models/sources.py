@@ -14,7 +14,7 @@ from ..config import EndpointSource, HFSource, ModelSpec, PackageSource, PathSou
 from ..paths import HF_OFFLINE_ENV, env_flag
 from .hub_download import hf_files
 from .hub_files import cached_parts
-from .packages import package_file, package_status
+from .packages import ASSEMBLED_ON_FIRST_USE, package_file, package_status
 from .progress import (
     CancelCallback,
     ModelSourceError,
@@ -82,7 +82,10 @@ def _check_inside_cache(model_id: str, source: Source) -> None:
 
 
 def local_status(spec: ModelSpec) -> ModelStatus:
-    """Whether `spec`'s file is on disk, from the disk alone: no network, no download, no assembling."""
+    """Whether `spec`'s file is on disk, from the disk alone: no network, no download, no assembling.
+
+    A package installed in parts counts as on disk (assembling it needs no network): `path` stays None
+    until it is assembled, and `size` is the size of its parts."""
     source = spec.source
     label = source.describe()
     if isinstance(source, EndpointSource):
@@ -94,6 +97,9 @@ def local_status(spec: ModelSpec) -> ModelStatus:
         parts, note = None, str(exc).removeprefix(f"{spec.id}: ")
     if not parts:
         return ModelStatus(spec.id, label, None, None, False, note)
+    if note == ASSEMBLED_ON_FIRST_USE:
+        # A package's parts are on disk: assembling them is local work, no network (offline included).
+        return ModelStatus(spec.id, label, None, total_size(parts), True, note)
     return ModelStatus(spec.id, label, parts[0], total_size(parts), True, note)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header
+from textual.widgets import Header
 
 from ...transcript import TurnRecord
+from ..widgets.footer import QuietFooter
 from ..widgets.turn_view import TurnView, turn_header
 
 
@@ -25,7 +26,7 @@ class TurnScreen(Screen[None]):
     def compose(self):
         yield Header()
         yield TurnView(timings=self.timings, id="past-turn")
-        yield Footer()
+        yield QuietFooter()
 
     async def on_mount(self) -> None:
         self.sub_title = f"turn {self.index + 1}"
@@ -36,6 +37,7 @@ class TurnScreen(Screen[None]):
             status += f" · {record.error}"
         view.set_header(turn_header(record.user_message, status))
         await view.show_record(record, self.names)
+        self.watch(self, "maximized", lambda _: self.refresh_bindings(), init=False)  # the footer's Esc
 
     def action_back(self) -> None:
         self.dismiss(None)

@@ -1,5 +1,9 @@
 """The message box: Enter sends, Shift+Enter or Ctrl+J inserts a newline, Up recalls sent messages.
 
+Up and Down walk through every message sent before, in this session and earlier ones, like a shell
+(moa_tui/input_history.py keeps them). Ctrl+E in an empty box puts the last message back for editing
+(the app's `edit_last`): Enter then resends it in the last turn's place, Esc stops editing.
+
 While a turn runs the box stays editable (the next message can be written meanwhile) but Enter does
 not send: `busy` dims Send in the footer. Keeping the box enabled and focused also keeps the
 footer's keys the same, so a turn's start and end cost no layout pass of the whole screen (CPU
@@ -9,9 +13,12 @@ the models starting or finishing at that moment would miss).
 from __future__ import annotations
 
 from textual import events
+from textual.actions import SkipAction
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
+
+from ...input_history import add_to_history
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j")
 
@@ -22,13 +29,17 @@ class ChatInput(TextArea):
     BINDINGS = [
         Binding("enter", "submit", "Send", tooltip="Send the message"),
         Binding("ctrl+j", "newline", "Newline", show=False, tooltip="Insert a newline (also Shift+Enter)"),
+        # Ctrl+E keeps moving to the end of the line while the box holds text (TextArea's binding).
+        Binding("ctrl+e", "edit_last", "Edit", tooltip="Edit the last message and send it again in its place"),
+        Binding("escape", "stop_editing", "Stop editing", tooltip="Leave the message as it was"),
     ]
 
     class Submitted(Message):
-        def __init__(self, chat_input: ChatInput, text: str) -> None:
+        def __init__(self, chat_input: ChatInput, text: str, replace: bool = False) -> None:
             super().__init__()
             self.chat_input = chat_input
             self.text = text
+            self.replace = replace  # an edited message: it replaces the last turn
 
         @property
         def control(self) -> ChatInput:
@@ -46,9 +57,11 @@ class ChatInput(TextArea):
             "", placeholder=placeholder, id=id, soft_wrap=True, show_line_numbers=False, tab_behavior="focus",
             compact=True, highlight_cursor_line=False,
         )
-        self.sent: list[str] = []  # earlier messages, oldest first, for Up
+        self.sent: list[str] = []  # earlier messages, oldest first, for Up (the app loads the history)
         self._recall: int | None = None  # index into `sent` while showing a recalled message
         self.busy = False  # a turn runs: Enter does not send (see set_busy)
+        self.editing: int | None = None  # the turn number whose message is being edited
+        self._before_edit = ""  # what the box held when editing began (back when it ends)
 
     def set_busy(self, busy: bool) -> None:
         """A turn started (True) or ended (False): Send is dimmed in the footer meanwhile."""
@@ -63,7 +76,48 @@ class ChatInput(TextArea):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "submit" and self.busy:
             return None  # shown dimmed
+        if action == "stop_editing":
+            return self.editing is not None  # Esc belongs to the app (cancel the turn) otherwise
+        if action == "edit_last":
+            return self.app.check_action("edit_last", parameters)  # the app knows whether there is one
         return super().check_action(action, parameters)
+
+    # -- editing the last message ----------------------------------------------------------------
+
+    def action_edit_last(self) -> None:
+        """Ctrl+E: with typed text, the end of the line (as in TextArea); otherwise the app's edit_last."""
+        if self.text and not self._recalling():
+            self.action_cursor_line_end()
+            return
+        raise SkipAction()  # on to the app's Ctrl+E binding
+
+    def begin_edit(self, text: str, turn_number: int) -> None:
+        """Show `text` (turn `turn_number`'s message) for editing; Enter resends it in that turn's place."""
+        if self.editing is None:
+            self._before_edit = self.text
+        self.editing = turn_number
+        self._recall = None
+        self.text = text
+        self.move_cursor(self.document.end)
+        self.border_title = f"Editing turn {turn_number}: Enter sends it in its place · Esc stops editing"
+        self.add_class("-editing")
+        self.refresh_bindings()
+
+    def end_edit(self, *, restore: bool) -> None:
+        """Stop editing; `restore` puts back what the box held before (else the box keeps its text)."""
+        if self.editing is None:
+            return
+        self.editing = None
+        self.border_title = None
+        self.remove_class("-editing")
+        if restore:
+            self.text = self._before_edit
+            self.move_cursor(self.document.end)
+        self._before_edit = ""
+        self.refresh_bindings()
+
+    def action_stop_editing(self) -> None:
+        self.end_edit(restore=True)
 
     async def _on_key(self, event: events.Key) -> None:
         # Runs before TextArea._on_key (which would insert "\n" for Enter); stopping the default
@@ -84,10 +138,15 @@ class ChatInput(TextArea):
         if self.busy:
             self.post_message(self.Refused(self))
             return
-        self.sent.append(text)
+        replace = self.editing is not None
+        add_to_history(text, self.sent[-1] if self.sent else None)
+        if not self.sent or self.sent[-1] != text:
+            self.sent.append(text)
         self._recall = None
         self.clear()
-        self.post_message(self.Submitted(self, text))
+        if replace:
+            self.end_edit(restore=True)  # what was typed before editing comes back
+        self.post_message(self.Submitted(self, text, replace))
 
     def action_newline(self) -> None:
         self.insert("\n")

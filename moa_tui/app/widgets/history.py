@@ -1,6 +1,7 @@
 """The conversation so far: each turn's message and final reply; Enter (or a click) on a turn
 reopens all its layers. A reply is one Static showing a Rich Markdown renderable (Textual's
-Markdown widget would add a widget per block, and every widget makes restyling slower)."""
+Markdown widget would add a widget per block, and every widget makes restyling slower). A long
+message (a pasted text) shows its first lines and how long it is."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ from textual.widgets import Static
 from ...transcript import Conversation, TurnRecord
 from ..text import literal, literal_content
 from .stream_view import rich_markdown
+
+MESSAGE_LINES = 4  # a longer message is collapsed to its first lines
+MESSAGE_CHARS = 160  # ... or to this many characters (a paste is often one long line)
+
+
+def collapsed(message: str) -> str:
+    """`message`, or its start and a note of its length when it is long (`moa` keeps it all)."""
+    text = message.strip()
+    lines = text.splitlines()
+    if len(lines) <= MESSAGE_LINES and len(text) <= MESSAGE_CHARS:
+        return text
+    head = "\n".join(lines[:MESSAGE_LINES])[:MESSAGE_CHARS].rstrip()
+    return f"{head} … ({len(text):,} characters, {len(lines)} line{'s' * (len(lines) != 1)})"
 
 
 class TurnCard(Vertical, can_focus=True):
@@ -33,7 +47,7 @@ class TurnCard(Vertical, can_focus=True):
         self.record = record
 
     def compose(self):
-        yield Static(literal_content(self.user_message.strip()), classes="card-user")
+        yield Static(literal_content(collapsed(self.user_message)), classes="card-user")
         yield Static(rich_markdown(literal(self._reply())), classes="card-reply")
         yield Static(literal_content(self._meta()), classes="card-meta")
 
@@ -49,7 +63,13 @@ class TurnCard(Vertical, can_focus=True):
         record = self.record
         if record is None:
             return f"turn {self.index + 1} · running…"
-        return f"turn {self.index + 1} · {record.pipeline} · {record.status} · enter: all layers"
+        parts = [f"turn {self.index + 1}", record.pipeline, record.status]
+        final = record.layers[-1][0] if record.layers and record.layers[-1] else None
+        if final is not None and final.status == "done" and final.stats.finish_reason == "length":
+            parts.append("stopped at max_tokens")
+        if record.replaced:
+            parts.append(f"replaces {len(record.replaced)} earlier tr{'y' if len(record.replaced) == 1 else 'ies'}")
+        return " · ".join([*parts, "enter: all layers"])
 
     def set_record(self, record: TurnRecord) -> None:
         self.record = record
@@ -95,6 +115,13 @@ class HistoryPanel(VerticalScroll):
         self._update_empty()
         self.scroll_end(animate=False)
         return card
+
+    async def remove_turn(self, index: int) -> None:
+        """Take turn `index` away (it is being replaced: regenerate, edit and resend)."""
+        for card in self.cards:
+            if card.index == index:
+                await card.remove()
+        self._update_empty()
 
     async def finish_turn(self, index: int, record: TurnRecord) -> None:
         for card in self.cards:

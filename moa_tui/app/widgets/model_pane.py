@@ -32,6 +32,8 @@ STATE_STYLES = {
     "done": "$success", "failed": "$error", "cancelled": "$warning",
 }
 ACTIVE_STATES = frozenset({"downloading", "loading", "thinking", "generating"})
+EMPTY_ANSWER = "*(empty answer: the model wrote nothing)*"
+ONLY_THINKING = "*(no answer: the model only thought; its thinking is folded above)*"
 STATES = ("idle", "queued", *sorted(ACTIVE_STATES), "done", "failed", "cancelled", "skipped")
 
 Clock = Callable[[], float]
@@ -42,6 +44,8 @@ class ModelPane(Vertical, can_focus=True):
 
     BINDINGS = [
         Binding("enter", "maximize", "Full screen", tooltip="Show this pane full screen (Esc returns)"),
+        # Textual's own Esc leaves full screen; this binding only says so in the footer (not "Cancel").
+        Binding("escape", "restore", "Back", tooltip="Leave full screen"),
         Binding("up", "scroll_body('up')", "Scroll up", show=False),
         Binding("down", "scroll_body('down')", "Scroll down", show=False),
         Binding("pageup", "scroll_body('page_up')", "Page up", show=False),
@@ -88,7 +92,8 @@ class ModelPane(Vertical, can_focus=True):
         yield Collapsible(MarkdownView(follow=True, classes="pane-thinking-text"), title="thinking",
                           collapsed=True, classes="pane-thinking")
         # a live answer follows its newest line; a saved one opens at its beginning
-        yield MarkdownView(literal(self._initial_text), follow=not self._initial_text, classes="pane-text")
+        shown = self._empty_text() if self.empty_answer else literal(self._initial_text)
+        yield MarkdownView(shown, follow=not self._initial_text, classes="pane-text")
         yield Static(classes="pane-error")
 
     def on_mount(self) -> None:
@@ -121,8 +126,27 @@ class ModelPane(Vertical, can_focus=True):
     def has_text(self) -> bool:
         return bool(self.text.strip())
 
+    @property
+    def stopped_at_max_tokens(self) -> bool:
+        return self.state == "done" and self.stats is not None and self.stats.finish_reason == "length"
+
+    @property
+    def empty_answer(self) -> bool:
+        return self.state == "done" and not self.has_text
+
+    def _empty_text(self) -> str:
+        return ONLY_THINKING if self.thinking.strip() else EMPTY_ANSWER
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("maximize", "restore"):
+            return self.is_maximized == (action == "restore")
+        return super().check_action(action, parameters)
+
     def action_maximize(self) -> None:
         self.screen.maximize(self, container=False)
+
+    def action_restore(self) -> None:
+        self.screen.minimize()
 
     def action_scroll_body(self, where: str) -> None:
         body = self.view
@@ -207,6 +231,8 @@ class ModelPane(Vertical, can_focus=True):
         self.stats = event.stats
         self._settle_text(event.text, event.thinking)
         self.set_state(event.status)
+        if self.empty_answer and self._ready:
+            self.view.update(self._empty_text())
 
     def fail(self, event: ModelFailed) -> None:
         self.error = event.error
@@ -268,7 +294,12 @@ class ModelPane(Vertical, can_focus=True):
                     parts.append(f"ttft {seconds(self.first_token_at - self.started_at)}")
             return " · ".join(parts)
         if state in ("done", "cancelled"):
-            parts = [state, f"{self.tokens} tok"]
+            label = state
+            if self.empty_answer:
+                label = "only thinking, no answer" if self.thinking.strip() else "empty answer"
+            elif self.stopped_at_max_tokens:
+                label = "stopped at max_tokens"
+            parts = [label, f"{self.tokens} tok"]
             if self.timings and self.stats is not None:
                 if self.stats.tokens_per_second:
                     parts.append(f"{self.stats.tokens_per_second:.1f} tok/s")
@@ -293,6 +324,8 @@ class ModelPane(Vertical, can_focus=True):
             return
         status = self.status_text()
         style = STATE_STYLES.get(self.state, "$text-muted")
+        if self.empty_answer or self.stopped_at_max_tokens:
+            style = "$warning"
         if (status, style) == self._shown_status:
             return  # unchanged: no repaint
         self._shown_status = (status, style)

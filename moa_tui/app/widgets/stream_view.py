@@ -29,6 +29,7 @@ from rich.style import Style
 from textual import events
 from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
+from textual.selection import Selection
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -84,6 +85,23 @@ def _text(line: Line) -> str:
     return "".join(segment.text for segment in line)
 
 
+def _stylize(line: Line, start: int, end: int, style: Style) -> Line:
+    """`line` with `style` added to characters `start` to `end` (-1: to the end)."""
+    end = sum(len(segment.text) for segment in line) if end == -1 else end
+    out: Line = []
+    position = 0
+    for segment in line:
+        text, seg_style = segment.text, segment.style
+        cuts = sorted({0, len(text), *(p - position for p in (start, end) if 0 < p - position < len(text))})
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            if start <= position + a < end:
+                out.append(Segment(text[a:b], seg_style + style if seg_style else style))
+            else:
+                out.append(Segment(text[a:b], seg_style))
+        position += len(text)
+    return out
+
+
 def rich_markdown(text: str) -> RichMarkdown:
     """A Rich renderable of `text` (already literal), parsed without HTML, for a Static."""
     return _markdown_class()(text)
@@ -115,6 +133,8 @@ class MarkdownView(ScrollView, can_focus=False):
         self._width = 0
         self._style = Style()
         self._rerender: asyncio.Task | None = None
+        self._selected: Selection | None = None  # the mouse selection in this view (Textual's selection API)
+        self._selected_style = Style()
         if text:
             self.append(text)
 
@@ -136,7 +156,7 @@ class MarkdownView(ScrollView, can_focus=False):
         start, old_tail, old_count = len(self._lines), self._tail_lines, self.line_count
         self._split_tail()
         if self._width:
-            self._tail_lines = self._render(self._tail, self._tail_tokens, first=not self._lines)
+            self._tail_lines = self._render_block(self._tail, self._tail_tokens, first=not self._lines)
             # Only the lines from the old tail on can differ; usually just the last one or two.
             new = self._lines[start:] + self._tail_lines if len(self._lines) > start else self._tail_lines
             same = 0
@@ -165,7 +185,7 @@ class MarkdownView(ScrollView, can_focus=False):
         bounds = [0, *starts[1:]]
         for start, end in zip(bounds, bounds[1:], strict=False):
             block = "".join(lines[start:end])
-            rendered = self._render(block, None, first=not self._blocks) if self._width else []
+            rendered = self._render_block(block, None, first=not self._blocks) if self._width else []
             self._blocks.append(block)
             self._block_lines.append(rendered)
             self._lines.extend(rendered)
@@ -173,7 +193,8 @@ class MarkdownView(ScrollView, can_focus=False):
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def _render(self, source: str, tokens: list[Token] | None, *, first: bool) -> list[Line]:
+    def _render_block(self, source: str, tokens: list[Token] | None, *, first: bool) -> list[Line]:
+        """One block's lines at the current width (not `_render`: that is Textual's Widget._render)."""
         if not source.strip():
             return []
         console = self.app.console
@@ -193,16 +214,16 @@ class MarkdownView(ScrollView, can_focus=False):
         the event loop a turn every few milliseconds (keys and other panes stay live); until it is
         done, blocks not yet redone show their old lines, cropped or padded. The newest blocks,
         the ones in view, are redone first."""
-        self._tail_lines = self._render(self._tail, None, first=not self._blocks)
+        self._tail_lines = self._render_block(self._tail, None, first=not self._blocks)
         self._changed()
         deadline = time.perf_counter() + 0.008
         for index in range(len(self._blocks) - 1, -1, -1):
-            self._block_lines[index] = self._render(self._blocks[index], None, first=index == 0)
+            self._block_lines[index] = self._render_block(self._blocks[index], None, first=index == 0)
             if time.perf_counter() > deadline:
                 await asyncio.sleep(0)
                 deadline = time.perf_counter() + 0.008
         self._lines = [line for lines in self._block_lines for line in lines]
-        self._tail_lines = self._render(self._tail, None, first=not self._blocks)
+        self._tail_lines = self._render_block(self._tail, None, first=not self._blocks)
         self._changed()
 
     def _changed(self, first: int = 0, end: int | None = None) -> None:
@@ -250,13 +271,42 @@ class MarkdownView(ScrollView, can_focus=False):
         index = scroll_y + y
         width = self.scrollable_content_region.width
         style = self._style  # rich_style walks the DOM: too slow to ask per line
-        if index < len(self._lines):
-            line = self._lines[index]
-        elif index - len(self._lines) < len(self._tail_lines):
-            line = self._tail_lines[index - len(self._lines)]
-        else:
+        line = self._line(index)
+        if line is None:
             return Strip.blank(width, style)
-        return Strip(line, self._width).crop_extend(scroll_x, scroll_x + width, style)
+        if self._selected is not None and (span := self._selected.get_span(index)) is not None:
+            line = _stylize(line, *span, self._selected_style)
+        # The offsets tell Textual which character of the text a mouse position is (text selection).
+        return Strip(line, self._width).crop_extend(scroll_x, scroll_x + width, style).apply_offsets(scroll_x, index)
+
+    def _line(self, index: int) -> Line | None:
+        if index < len(self._lines):
+            return self._lines[index]
+        if 0 <= index - len(self._lines) < len(self._tail_lines):
+            return self._tail_lines[index - len(self._lines)]
+        return None
+
+    # -- text selection (mouse drag, then Ctrl+C) -------------------------------------------------
+
+    def get_selection(self, selection: Selection) -> tuple[str, str] | None:
+        """The selected part of the text as shown (rendered lines, trailing padding dropped)."""
+        return selection.extract(self.rendered_text()), "\n"
+
+    def selection_updated(self, selection: Selection | None) -> None:
+        self._selected = selection
+        if selection is not None:
+            self._selected_style = self._selection_style()
+        self.refresh()
+
+    def _selection_style(self) -> Style:
+        """The screen's selection colours over this view's background. Its foreground is usually
+        transparent (the text keeps its colour), which a plain Rich style cannot say: only set colours
+        are applied."""
+        styles = self.screen.get_component_styles("screen--selection")
+        _, background = self.background_colors
+        color = styles.color
+        return Style(bgcolor=(background + styles.background).rich_color,
+                     color=(background + color).rich_color if color.a > 0 else None)
 
     def rendered_text(self) -> str:
         """Every line as plain text (for tests and accessibility checks)."""

@@ -3,7 +3,8 @@
 When a layer has more panes than fit (e.g. 6 proposers at 100x30), the column goes compact: every
 pane collapses to a one-line summary except one, which gets the room. The expanded pane follows the
 model that is running, until the user picks one (Tab or a click focuses it; Enter shows it full
-screen). On a narrow terminal the layers stack vertically and the whole turn scrolls.
+screen). On a narrow terminal the layers stack vertically and the whole turn scrolls: the layer that
+starts comes into view, so the final answer is in view while it streams and when the turn ends.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class TurnView(Vertical):
         self.refs: tuple[tuple[ModelRef, ...], ...] = ()
         self._header: str | Content = ""
         self._ready = False
+        self._layer_in_view = 0  # narrow terminal: the layer last scrolled into view
 
     def compose(self):
         yield Static(classes="turn-header")
@@ -178,10 +180,13 @@ class TurnView(Vertical):
         await self._mount_columns(refs, names, panes_by_layer)
         for column, answers in zip(self.columns, record.layers, strict=True):
             column.set_summary(_layer_summary([a.status for a in answers]))
+        self.call_after_refresh(self.show_layer, len(self.columns) - 1)  # a saved turn: its reply
 
     async def _mount_columns(self, refs, names, panes_by_layer) -> None:
         container = self.query_one(".turn-layers", ScrollableContainer)
         await container.remove_children()
+        container.scroll_home(animate=False)
+        self._layer_in_view = 0
         self.refs = refs
         self.panes = {pane.ref.key: pane for panes in panes_by_layer for pane in panes}
         names = list(names) + [None] * (len(refs) - len(names))
@@ -239,6 +244,18 @@ class TurnView(Vertical):
     def _follow(self, pane: ModelPane) -> None:
         if pane.ref.layer < len(self.columns):
             self.columns[pane.ref.layer].follow(pane)
+            if pane.ref.layer != self._layer_in_view:
+                self.show_layer(pane.ref.layer)
+
+    def show_layer(self, index: int) -> None:
+        """On a narrow terminal (layers stacked), scroll layer `index` to the top of the view."""
+        if not (0 <= index < len(self.columns)) or not self.is_attached:
+            return
+        self._layer_in_view = index
+        if not self.screen.has_class("-narrow"):
+            return
+        container = self.query_one(".turn-layers", ScrollableContainer)
+        container.scroll_to_widget(self.columns[index], animate=False, top=True)
 
     def tick(self) -> None:
         """Refresh the live timings (thinking time, tokens/s) of running panes."""
@@ -247,9 +264,10 @@ class TurnView(Vertical):
                 pane.refresh_status()
 
     def end_turn(self, status: str) -> None:
-        """The turn is over: panes never heard from are marked as such."""
+        """The turn is over: panes never heard from are marked as such; the final pane is in view."""
         for pane in self.panes.values():
             pane.end_unfinished(status)
+        self.show_layer(len(self.columns) - 1)
 
     def all_panes(self) -> list[ModelPane]:
         return [pane for column in self.columns for pane in column.panes]

@@ -409,6 +409,25 @@ def test_a_second_call_while_one_runs_is_refused(smol):
     assert errors and "already running" in str(errors[0])
 
 
+@pytest.mark.real
+def test_threads_asked_for_during_a_run_apply_between_steps(smol):
+    with sampler(smol, 2, n_threads=2) as bs:
+        assert bs.threads() == 2
+        seen: list[int] = []
+
+        def on_token(i: int, _t: str) -> None:
+            if i == 0:
+                if not seen:
+                    bs.request_threads(1)  # as the pool's core hand-over does, from another model's thread
+                seen.append(bs.threads())
+
+        tokens, stops = prompt_of(smol, QUESTION)
+        bs.generate(tokens, [settings(max_tokens=4)] * 2, CancelToken(), on_token, stops=stops)
+        assert seen[0] == 2 and seen[-1] == 1
+        bs.set_threads(2)
+        assert bs.threads() == 2
+
+
 def test_the_abort_callback_reads_the_running_calls_token_only():
     from moa_tui.backends.batched import _abort_callback
 

@@ -230,8 +230,9 @@ class BatchedSampler:
 
         `stops` (the chat template's) apply to every sample on top of each one's own `stop`;
         `banned_tokens` can never be sampled (benchmarks ban end-of-generation). Returns when every
-        sample ended: done, at its max_tokens, or cancelled (partial texts kept). The prompt is
-        evaluated once: sample 0's stats count it, the others report 0 prompt tokens evaluated.
+        sample ended: done, at its max_tokens, or cancelled (partial texts kept). `cancel` is checked
+        between steps, and llama.cpp's abort callback stops a decode in flight (a long prompt's).
+        The prompt is evaluated once: sample 0's stats count it, the others report 0 evaluated.
         """
         if self.closed:
             raise ModelError(f"{self.model_id}: the batched sampler was already released")

@@ -32,8 +32,7 @@ from moa_tui.config import BUILTIN_DEFAULTS, ModelSettings
 N_CTX = 1024
 NEAR_TIE = 1.0  # logit gap at a parting point; measured at most 0.22 on both models
 QUESTION = [Message("user", "Write a short poem about the sea.")]
-PROMPTS = ["Write a short poem about the sea.", "Explain why the sky is blue.", "How do I bake bread?",
-           "Describe a city at night."]
+PROMPTS = ["Write a short poem about the sea.", "How do I bake bread?", "Describe a city at night."]
 
 
 def settings(**overrides) -> ModelSettings:
@@ -194,7 +193,7 @@ def test_where_exactness_is_not_guaranteed_answers_part_only_at_near_ties(case, 
     else:
         model = load("smol", smollm2_path)
         options = {"unified": True}
-    greedy = settings(temperature=0.0, repeat_penalty=1.0, max_tokens=40)
+    greedy = settings(temperature=0.0, repeat_penalty=1.0, max_tokens=32)
     eog = eog_tokens(model)
     parted = agreed = 0
     try:
@@ -202,6 +201,7 @@ def test_where_exactness_is_not_guaranteed_answers_part_only_at_near_ties(case, 
             for text in PROMPTS:
                 messages = [Message("user", text)]
                 prompt, _ = prompt_of(model, messages)
+                logits_at: dict = {}
                 single = run(bs, model, [greedy], messages)[0][0]
                 assert single.text == chat_text(model, greedy, messages)  # k = 1 is chat()'s computation
                 for r in run(bs, model, [greedy] * 4, messages)[0]:
@@ -212,7 +212,9 @@ def test_where_exactness_is_not_guaranteed_answers_part_only_at_near_ties(case, 
                     parted += 1
                     at = min(len(r.tokens), len(single.tokens)) if at is None else at  # one ended there
                     assert at >= 1, "the first token comes from the same prompt logits"
-                    logits = reference_logits(model, prompt, single.tokens[:at])
+                    if at not in logits_at:  # the 4 samples of a batch often part at the same token
+                        logits_at[at] = reference_logits(model, prompt, single.tokens[:at])
+                    logits = logits_at[at]
                     ours, theirs = (token_at(t, at, logits, eog) for t in (single.tokens, r.tokens))
                     assert int(logits.argmax()) == ours
                     assert logits[ours] - logits[theirs] < NEAR_TIE, (text, at)
@@ -328,7 +330,7 @@ class _CancelAfterPolls(CancelToken):
 
 @pytest.mark.real
 def test_cancel_during_the_prompt_aborts_llama_cpp_and_leaves_the_context_usable(smol):
-    long_question = [Message("user", "Summarize this. " + "The tide rose over the old stone pier. " * 80)]
+    long_question = [Message("user", "Summarize this. " + "The tide rose over the old stone pier. " * 60)]
     per_sample = [settings(temperature=0.0, max_tokens=8)] * 2
     with sampler(smol, 2) as bs:
         cancel = _CancelAfterPolls(40)

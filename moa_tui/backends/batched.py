@@ -166,7 +166,9 @@ class BatchedSampler:
         batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         self._ctx, self._batch = ctx, batch
         # Frees exactly once: at close(), or when the sampler is collected; the callback lives as long as ctx.
+        # Not at interpreter exit: the model may be gone by then, and the OS takes the memory back anyway.
         self._finalizer = weakref.finalize(self, _free, ctx, batch, abort_cb)
+        self._finalizer.atexit = False
         self.cells = int(llama_cpp.llama_n_ctx(ctx))
         self.cells_per_sequence = int(llama_cpp.llama_n_ctx_seq(ctx))
         self.unified = unified

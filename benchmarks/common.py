@@ -47,6 +47,7 @@ SUITE: dict[str, str] = {
     "memory": "benchmarks.bench_memory",
     "gpu": "benchmarks.bench_gpu",
     "cpu_repack": "benchmarks.bench_cpu_repack",
+    "batched": "benchmarks.bench_batched",
 }
 
 # Distinct short questions: a benchmark that must not hit the KV cache of an earlier identical

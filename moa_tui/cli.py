@@ -91,14 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: a built-in set)")
     probe.add_argument("--json", metavar="OUT", help="where to write the JSON report (default: in the data folder)")
 
-    evaluate = sub.add_parser("eval", help="score a pipeline against each of its models alone on a dataset",
-                              description="Run a JSONL dataset through the pipeline and, as baselines, every "
-                                          "single model of it alone (and the self-moa pipeline where configured); "
-                                          "print accuracy, mean latency and tokens per system.")
+    evaluate = sub.add_parser("eval", help="score a pipeline, each aggregation strategy and each model alone",
+                              description="Run a JSONL dataset through the pipeline, through each aggregation "
+                                          "strategy on its proposers and, as baselines, every single model of it "
+                                          "alone (and the self-moa pipeline where configured); print accuracy "
+                                          "with intervals, the difference from the best member, latency and "
+                                          "tokens per system.")
     evaluate.add_argument("dataset", help="JSONL file, or 'builtin' for the dataset shipped with moa-tui")
     _common(evaluate)
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
-    evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    evaluate.add_argument("--json", metavar="OUT", help="where the JSON report goes (default: the data folder)")
+    evaluate.add_argument("--seeds", type=int, default=1, metavar="N",
+                          help="ask every question N ways (each seed shifts every model's seed; default 1)")
+    evaluate.add_argument("--samples", type=int, default=3, metavar="K",
+                          help="answers per proposer in the vote and mux variants (default 3)")
+    evaluate.add_argument("--no-strategies", dest="strategies", action="store_false",
+                          help="only the pipeline, self-moa and the members, not the strategy variants")
+    evaluate.add_argument("--resume", dest="resume_report", metavar="REPORT",
+                          help="continue an interrupted run from its JSON report")
+    evaluate.add_argument("--jobs", type=int, metavar="N", help="systems asked at once (default: one per 4 cores)")
+    evaluate.add_argument("--only", metavar="NAME[,NAME]", help="run only these systems (as the table names them)")
 
     transcripts = sub.add_parser("transcripts", help="list, search, export, rename or delete saved conversations")
     action = transcripts.add_mutually_exclusive_group()
@@ -170,7 +182,9 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
     if command == "eval":
         from .commands import eval as evaluate
 
-        return lambda: evaluate.run(evaluate.EvalOptions(args.dataset, **common, **_given(args, "limit", "json")))
+        return lambda: evaluate.run(evaluate.EvalOptions(
+            args.dataset, **common, **_given(args, "limit", "json", "seeds", "samples", "strategies", "jobs"),
+            resume=args.resume_report, only=tuple(n.strip() for n in (args.only or "").split(",") if n.strip())))
     if command == "transcripts":
         from .commands import transcripts
 

@@ -33,6 +33,7 @@ from .events import (
     TurnFinished,
     TurnStarted,
 )
+from .layer_decisions import decide_without_a_model, decision_stats, select
 from .prompts import PromptParts, fit_to_context
 from .thinking import no_answer_note, split_thinking
 from .transcript import Conversation, ModelAnswer, TurnRecord, save_conversation
@@ -47,6 +48,23 @@ class _Done:
 
 def _kind(spec: ModelSpec) -> str:
     return "remote" if isinstance(spec.source, EndpointSource) else "local"
+
+
+def _units(refs: tuple[ModelRef, ...], specs: list[ModelSpec]) -> list[tuple[tuple, tuple]]:
+    """A layer's work in units: one model call each, except a local entry's samples (`samples: k`),
+    which are one batched call for k panes (backends/batched.py)."""
+    units: list[tuple[tuple, tuple]] = []
+    by_entry: dict[str, int] = {}
+    for ref, spec in zip(refs, specs, strict=True):
+        at = by_entry.get(spec.sample_of) if spec.sample_of and _kind(spec) == "local" else None
+        if at is None:
+            if spec.sample_of and _kind(spec) == "local":
+                by_entry[spec.sample_of] = len(units)
+            units.append(((ref,), (spec,)))
+        else:
+            refs_, specs_ = units[at]
+            units[at] = ((*refs_, ref), (*specs_, spec))
+    return units
 
 
 def _now() -> str:
@@ -102,11 +120,18 @@ class MoAPipeline:
     # -- public ---------------------------------------------------------------------------------
 
     def refs(self) -> tuple[tuple[ModelRef, ...], ...]:
+        """Each layer's panes: one per model, or one for a vote or mux layer (no model: the decision)."""
         n = len(self.pipeline.layers)
         return tuple(
+            (ModelRef(li, 0, layer.decider_id, role_of(li, n)),) if layer.decides_without_a_model else
             tuple(ModelRef(li, mi, spec.id, role_of(li, n)) for mi, spec in enumerate(layer.models))
             for li, layer in enumerate(self.pipeline.layers)
         )
+
+    def _specs(self, li: int) -> list[ModelSpec | None]:
+        """Layer `li`'s specs, aligned with its refs (None for a vote or mux layer's one pane)."""
+        layer = self.pipeline.layers[li]
+        return [None] if layer.decides_without_a_model else list(layer.models)
 
     def missing_models(self) -> list[str]:
         return self.provider.missing_models(self.pipeline.all_models())
@@ -147,13 +172,18 @@ class MoAPipeline:
                 for ref in layer_refs:
                     yield ModelQueued(ref)
             references: list[str] = []
+            before: list[ModelAnswer] = []  # the answers of the layer before, failed ones included
             for li, layer in enumerate(self.pipeline.layers):
                 if cancel.cancelled:
                     break
                 outcomes, layer_open = [], True
-                specs = [reseeded(spec, attempt) for spec in layer.models]
-                for event in self._run_layer(li, specs, refs[li], history, user_message,
-                                             references, cancel, events, workers, outcomes):
+                if layer.decides_without_a_model:
+                    layer_events = self._decide(li, layer.strategy, refs[li][0], user_message, before, outcomes)
+                else:
+                    specs = [reseeded(spec, attempt) for spec in layer.models]
+                    layer_events = self._run_layer(li, specs, refs[li], history, user_message, references, cancel,
+                                                   events, workers, outcomes, before)
+                for event in layer_events:
                     if isinstance(event, Notice):
                         turn.notices.append(event.message)
                     yield event
@@ -169,6 +199,7 @@ class MoAPipeline:
                     turn.error = self._layer_error(li, answers)
                     break
                 references = [a.text for a in ok]
+                before = answers
             self._add_unstarted_layers(turn, refs, cancel)
             self._finish_turn(turn, cancel)
             finished = True
@@ -182,7 +213,7 @@ class MoAPipeline:
                 if layer_open:  # the models of this layer that never started are cancelled too
                     started = {a.index for a in outcomes}
                     never = [self._answer(ref, spec, "cancelled")
-                             for ref, spec in zip(refs[li], self.pipeline.layers[li].models, strict=True)
+                             for ref, spec in zip(refs[li], self._specs(li), strict=True)
                              if ref.index not in started]
                     turn.layers.append(self._layer_answers([*outcomes, *never]))
                     self._layer_done(li)
@@ -193,19 +224,22 @@ class MoAPipeline:
     # -- layers ---------------------------------------------------------------------------------
 
     def _run_layer(self, li, specs, layer_refs, history, user_message, references, cancel, events,
-                   workers, outcomes) -> Iterator[Event]:
+                   workers, outcomes, before) -> Iterator[Event]:
         """Run one layer's models; local ones one at a time unless `parallel`, remote ones always at once."""
         parallel = self.pipeline.parallel
-        pending = list(zip(layer_refs, specs, strict=True))
+        pending = _units(layer_refs, specs)
         running = {"local": 0, "remote": 0}
 
-        def start(ref: ModelRef, spec: ModelSpec) -> None:
+        def start(refs: tuple[ModelRef, ...], unit: tuple[ModelSpec, ...]) -> None:
+            ref, spec = refs[0], unit[0]
             role_prompt = self._system_prompt(ref.role, spec, bool(references))
             parts = PromptParts(role_prompt, history, user_message, list(references))
-            worker = threading.Thread(
-                target=self._model_worker, args=(ref, spec, parts, cancel, events, outcomes),
-                name=f"moa-{spec.id}", daemon=True,
-            )
+            strategy = self.pipeline.layers[li].strategy
+            if len(unit) > 1:
+                target, args = self._samples_worker, (refs, unit, parts, cancel, events, outcomes)
+            else:
+                target, args = self._model_worker, (ref, spec, parts, cancel, events, outcomes, strategy, before)
+            worker = threading.Thread(target=target, args=args, name=f"moa-{spec.id}", daemon=True)
             workers.append(worker)
             worker.start()
             running[_kind(spec)] += 1
@@ -215,12 +249,13 @@ class MoAPipeline:
 
         while pending or any(running.values()):
             if cancel.cancelled and pending:
-                for ref, spec in pending:
-                    outcomes.append(self._answer(ref, spec, "cancelled"))
-                    yield ModelFinished(ref, "", GenerationStats(finish_reason="cancelled"), "cancelled")
+                for refs, unit in pending:
+                    for ref, spec in zip(refs, unit, strict=True):
+                        outcomes.append(self._answer(ref, spec, "cancelled"))
+                        yield ModelFinished(ref, "", GenerationStats(finish_reason="cancelled"), "cancelled")
                 pending = []
-            for item in [p for p in pending if may_start(p[1])]:
-                if may_start(item[1]):
+            for item in [p for p in pending if may_start(p[1][0])]:
+                if may_start(item[1][0]):
                     pending.remove(item)
                     start(*item)
             if not any(running.values()):
@@ -236,7 +271,7 @@ class MoAPipeline:
         """Tell the provider a layer is over, so it releases the models the memory plan loads per layer."""
         self.provider.layer_done(li)
 
-    def _model_worker(self, ref, spec, parts, cancel, events, outcomes) -> None:
+    def _model_worker(self, ref, spec, parts, cancel, events, outcomes, strategy="synthesize", before=()) -> None:
         emit = events.put
         answer = self._answer(ref, spec, "failed")
         text_parts: list[str] = []
@@ -248,6 +283,12 @@ class MoAPipeline:
         try:
             with self.provider.open(spec, ref, emit, cancel) as model:
                 try:
+                    if strategy == "select":
+                        emit(ModelStarted(ref, 0))
+                        decision, result = select(model, spec, ref.key, parts.user_message, list(before), cancel,
+                                                  lambda _text: None)
+                        self._decided(answer, decision, decision_stats(result), ref, emit)
+                        return
                     budget = max(16, model.n_ctx - spec.settings.max_tokens)
                     fit = fit_to_context(parts, model.count_tokens, budget)
                     notice = fit.notice()
@@ -259,14 +300,7 @@ class MoAPipeline:
                         emit(Notice(message, ref=ref))
                 except ModelError as exc:  # one loaded model serves several ids: name the one that failed
                     raise ModelError(_renamed(str(exc), model.model_id, spec.id)) from exc
-            answer.text, answer.thinking = split_thinking(result.text)  # references and the reply: no thinking
-            answer.stats = result.stats
-            answer.status = "cancelled" if result.cancelled else "done"
-            answer.error = no_answer_note(spec.id, answer.text, answer.thinking, result.stats.finish_reason,
-                                          spec.settings.max_tokens)
-            if answer.error:
-                emit(Notice(answer.error, ref=ref))
-            emit(ModelFinished(ref, answer.text, result.stats, answer.status, answer.thinking))
+            self._answered(answer, spec, ref, result, emit)
         except ModelError as exc:
             if cancel.cancelled:  # stopped by the user while downloading, loading or generating: not a fault
                 self._stopped(answer, text_parts, ref, emit)
@@ -279,6 +313,84 @@ class MoAPipeline:
             answer.model_file, answer.model_file_size = info.path, info.size
             outcomes.append(answer)
             emit(_Done(_kind(spec)))
+
+    def _decide(self, li: int, strategy: str, ref: ModelRef, question: str, before: list[ModelAnswer],
+                outcomes: list[ModelAnswer]) -> Iterator[Event]:
+        """A vote or mux layer: no model, the answers of the layer before decide (at once)."""
+        answer = self._answer(ref, None, "failed")
+        decided: list[Event] = []
+        yield ModelStarted(ref, 0)
+        previous = self._specs(li - 1) if li else []
+        decision = decide_without_a_model(strategy, question, [s for s in previous if s is not None], before)
+        self._decided(answer, decision, decision_stats(None), ref, decided.append)
+        outcomes.append(answer)
+        yield from decided
+        self._layer_done(li)
+
+    @staticmethod
+    def _decided(answer: ModelAnswer, decision, stats: GenerationStats, ref: ModelRef, emit) -> None:
+        """The pane and the record of a decision: the chosen answer verbatim, and how it was chosen."""
+        answer.decision = decision.to_dict()
+        answer.stats = stats
+        if not decision.ok:
+            answer.status, answer.error = "failed", f"{ref.model_id}: {decision.explanation}"
+            emit(ModelFailed(ref, answer.error, "", stats))
+            return
+        answer.status, answer.text = "done", decision.text
+        emit(Notice(f"{ref.model_id}: {decision.explanation}", ref=ref, level="info"))
+        emit(Token(ref, decision.text))
+        emit(ModelFinished(ref, decision.text, stats, "done"))
+
+    def _samples_worker(self, refs, specs, parts, cancel, events, outcomes) -> None:
+        """Self-MoA's samples of one loaded model (`samples: k`), decoded together: one prompt, k panes."""
+        emit = events.put
+        answers = [self._answer(ref, spec, "failed") for ref, spec in zip(refs, specs, strict=True)]
+        texts: list[list[str]] = [[] for _ in refs]
+
+        def on_token(i: int, text: str) -> None:
+            texts[i].append(text)
+            emit(Token(refs[i], text))
+
+        first = specs[0]
+        try:
+            with self.provider.open(first, refs[0], emit, cancel) as model:
+                try:
+                    fit = fit_to_context(parts, model.count_tokens,
+                                         max(16, model.n_ctx - max(s.settings.max_tokens for s in specs)))
+                    if fit.notice():
+                        emit(Notice(f"{first.base_id}: {fit.notice()}", ref=refs[0], level="info"))
+                    for ref in refs:
+                        emit(ModelStarted(ref, fit.tokens))
+                    results = model.chat_samples(fit.parts.messages(), [s.settings for s in specs], cancel, on_token)
+                except ModelError as exc:
+                    raise ModelError(_renamed(str(exc), model.model_id, first.base_id)) from exc
+            for answer, spec, ref, result in zip(answers, specs, refs, results, strict=True):
+                self._answered(answer, spec, ref, result, emit)
+        except Exception as exc:  # ModelError, or a bug: every sample shares the one failure
+            error = str(exc) if isinstance(exc, ModelError) else f"{first.base_id}: unexpected error: {exc!r}"
+            for answer, ref, parts_of in zip(answers, refs, texts, strict=True):
+                if cancel.cancelled and isinstance(exc, ModelError):
+                    self._stopped(answer, parts_of, ref, emit)
+                else:
+                    self._fail(answer, error, parts_of, ref, emit)
+        finally:
+            info = self.provider.file_info(first)
+            for answer in answers:
+                answer.model_file, answer.model_file_size = info.path, info.size
+            outcomes.extend(answers)
+            emit(_Done(_kind(first)))
+
+    @staticmethod
+    def _answered(answer: ModelAnswer, spec: ModelSpec, ref: ModelRef, result, emit) -> None:
+        """A model's answer became its record and its pane's end; thinking is kept apart from the text."""
+        answer.text, answer.thinking = split_thinking(result.text)  # references and the reply: no thinking
+        answer.stats = result.stats
+        answer.status = "cancelled" if result.cancelled else "done"
+        answer.error = no_answer_note(spec.id, answer.text, answer.thinking, result.stats.finish_reason,
+                                      spec.settings.max_tokens)
+        if answer.error:
+            emit(Notice(answer.error, ref=ref))
+        emit(ModelFinished(ref, answer.text, result.stats, answer.status, answer.thinking))
 
     @staticmethod
     def _stopped(answer: ModelAnswer, text_parts: list[str], ref: ModelRef, emit) -> None:
@@ -305,7 +417,11 @@ class MoAPipeline:
             return prompts.proposer
         return prompts.final if role == "final" else prompts.aggregator
 
-    def _answer(self, ref: ModelRef, spec: ModelSpec, status: str) -> ModelAnswer:
+    def _answer(self, ref: ModelRef, spec: ModelSpec | None, status: str) -> ModelAnswer:
+        if spec is None:  # a vote or mux layer: no model, no settings
+            strategy = self.pipeline.layers[ref.layer].strategy
+            return ModelAnswer(model_id=ref.model_id, role=ref.role, layer=ref.layer, index=ref.index,
+                               status=status, source=f"strategy:{strategy}")
         return ModelAnswer(
             model_id=spec.id, role=ref.role, layer=ref.layer, index=ref.index, status=status,
             settings=spec.settings.to_dict(), source=spec.source.describe(),
@@ -316,7 +432,7 @@ class MoAPipeline:
         status = "cancelled" if cancel.cancelled else "skipped"
         for li in range(len(turn.layers), len(refs)):
             turn.layers.append([self._answer(ref, spec, status)
-                                for ref, spec in zip(refs[li], self.pipeline.layers[li].models, strict=True)])
+                                for ref, spec in zip(refs[li], self._specs(li), strict=True)])
 
     @staticmethod
     def _layer_answers(outcomes: list[ModelAnswer]) -> list[ModelAnswer]:

@@ -57,6 +57,8 @@ class ModelAnswer:
     # What the model's thinking blocks held (thinking.py). Optional in the JSON: older files have
     # none, and older moa-tui versions ignore the key, so the transcript version stays 1.
     thinking: str = ""
+    # How a vote, select or mux layer chose this answer (strategies.Decision.to_dict()); optional too.
+    decision: dict | None = None
 
 
 @dataclass
@@ -219,6 +221,7 @@ def _answer_to_dict(answer: ModelAnswer) -> dict[str, Any]:
         "model_file": answer.model_file,
         "model_file_size": answer.model_file_size,
         "thinking": answer.thinking,
+        **({"decision": answer.decision} if answer.decision is not None else {}),
     }
 
 
@@ -336,6 +339,7 @@ def _read_answer(data: dict, where: str) -> ModelAnswer:
         model_file=_get(data, "model_file", where, (str, _NONE), None),
         model_file_size=_get(data, "model_file_size", where, (int, _NONE), None),
         thinking=_get(data, "thinking", where, (str,), ""),
+        decision=_get(data, "decision", where, (dict, _NONE), None),
     )
 
 

@@ -112,15 +112,27 @@ class ChatModel:
         on_token: TokenCallback,
         *,
         session: str | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         """Stream an answer to `messages`; returns when done, stopped or cancelled.
 
         `session` names the role the call is for (the pipeline passes the pane's `ModelRef.key`). One
         loaded model may serve several roles; a backend that keeps state between calls (llama.cpp's KV
         cache) keeps it per session so each role continues from its own prompt prefix. Backends
-        without such state accept and ignore it.
+        without such state accept and ignore it. `grammar` (GBNF) constrains what may be generated
+        (a select layer's "a number only"); a backend that cannot constrain ignores it, and the
+        caller reads the free reply.
         """
         raise NotImplementedError
+
+    def chat_samples(self, messages: list[Message], settings: list[ModelSettings], cancel: CancelToken,
+                     on_token: Callable[[int, str], None]) -> list[ChatResult]:
+        """k answers to one prompt, one per settings entry (seed, temperature...); on_token(i, text)
+        streams sample i. Here one after the other; a llama.cpp model decodes them together."""
+        results = []
+        for i, sample in enumerate(settings):
+            results.append(self.chat(messages, sample, cancel, lambda text, i=i: on_token(i, text)))
+        return results
 
     def usable(self) -> bool:
         """False once the model can no longer answer (released, or its worker died): the pool loads it again."""

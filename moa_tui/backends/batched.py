@@ -139,6 +139,7 @@ class BatchedSampler:
         self.model_id = model_id
         self.n_seq = n_seq
         self.n_ctx = n_ctx
+        self.max_tokens = max_tokens  # the longest answer it was sized for
         threads = n_threads or max(1, os.cpu_count() or 1)
         params = llama_cpp.llama_context_default_params()
         unified = flash_attn if unified is None else unified

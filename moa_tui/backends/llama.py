@@ -362,6 +362,8 @@ class LlamaChatModel(ChatModel):
         if self._formatter.notice:
             self.notices.append(self._formatter.notice)
         self._states = SessionStates(max_states, max_state_bytes)
+        self._batched: Any = None  # a BatchedSampler (batched.py), made at the first chat_samples
+        self._load_settings = settings
         self.state_stats = StateReuseStats()
         self._threads_wanted: int | None = None  # asked for while answering; applied between tokens
         self._owner: str | None = None  # the session whose tokens the KV cache holds now
@@ -434,6 +436,8 @@ class LlamaChatModel(ChatModel):
         """Use `n_threads` from the next decode on. Only while no answer runs (the caller holds the model)."""
         self._threads_wanted = None
         self._apply_threads(n_threads)
+        if self._batched is not None:
+            self._batched.set_threads(n_threads)
 
     def request_threads(self, n_threads: int) -> None:
         """Ask for `n_threads` from any thread: a running answer switches between two tokens.
@@ -442,6 +446,8 @@ class LlamaChatModel(ChatModel):
         decode runs, is the only time that is safe.
         """
         self._threads_wanted = n_threads
+        if self._batched is not None:
+            self._batched.request_threads(n_threads)
 
     def threads(self) -> int:
         import llama_cpp
@@ -551,6 +557,7 @@ class LlamaChatModel(ChatModel):
         on_token: TokenCallback,
         *,
         session: str | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         """Stream an answer; `session` (the role's key) lets roles sharing this model keep their prefix."""
         if self._closed:
@@ -593,6 +600,7 @@ class LlamaChatModel(ChatModel):
             min_p=settings.min_p,
             temp=settings.temperature,
             repeat_penalty=settings.repeat_penalty,
+            grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
         )
         try:
             for token in generator:
@@ -647,6 +655,30 @@ class LlamaChatModel(ChatModel):
         stats.finish_reason = finish
         return ChatResult(text="".join(parts), stats=stats, cancelled=finish == "cancelled")
 
+    def chat_samples(self, messages: list[Message], settings: list[ModelSettings], cancel: CancelToken,
+                     on_token: Callable[[int, str], None]) -> list[ChatResult]:
+        """k answers to one prompt decoded together (batched.py): the prompt evaluated once, one batch of
+        k tokens per step, each sample with its own seed and sampler; on_token(i, text) streams sample i.
+
+        The samples run in a second llama.cpp context on the same weights, made at the first call (and
+        again for a bigger k or longer answers); it never touches the chat context's KV cache.
+        """
+        if self._closed:
+            raise ModelError(f"{self.model_id}: the model was already released")
+        from .batched import BatchedSampler
+
+        tokens, template_stops, _prefill = self._tokenize(messages)
+        longest = max(s.max_tokens for s in settings)
+        batched = self._batched
+        if batched is None or batched.n_seq < len(settings) or batched.max_tokens < longest:
+            if batched is not None:
+                batched.close()
+            load = self._load_settings
+            self._batched = batched = BatchedSampler(
+                self._llm.model, n_seq=len(settings), n_ctx=self.n_ctx, max_tokens=longest,
+                n_batch=load.n_batch, n_threads=self.threads(), flash_attn=load.flash_attn, model_id=self.model_id)
+        return list(batched.generate(tokens, settings, cancel, on_token, stops=template_stops))
+
     def usable(self) -> bool:
         return not self._closed
 
@@ -655,6 +687,8 @@ class LlamaChatModel(ChatModel):
         if not self._closed:
             self._closed = True
             self._states.clear()
+            if self._batched is not None:  # its context uses the model's weights: freed first
+                self._batched.close()
             with contextlib.suppress(Exception):
                 self._llm.close()
 

@@ -140,8 +140,10 @@ class RemoteChatModel(ChatModel):
 
     # -- chat -----------------------------------------------------------------------------------
 
-    def request_body(self, messages: list[Message], settings: ModelSettings) -> dict[str, Any]:
-        """The chat-completions request. top_k, min_p and repeat_penalty are llama.cpp extensions."""
+    def request_body(self, messages: list[Message], settings: ModelSettings,
+                     grammar: str | None = None) -> dict[str, Any]:
+        """The chat-completions request. top_k, min_p, repeat_penalty and grammar are llama.cpp
+        extensions (other servers ignore them; a select layer then reads the free reply)."""
         body: dict[str, Any] = {
             "model": self.source.model,
             "messages": [m.to_dict() for m in messages],
@@ -154,6 +156,8 @@ class RemoteChatModel(ChatModel):
                 body[name] = value
         if settings.stop:
             body["stop"] = list(settings.stop)
+        if grammar:
+            body["grammar"] = grammar
         return body
 
     def chat(
@@ -164,6 +168,7 @@ class RemoteChatModel(ChatModel):
         on_token: TokenCallback,
         *,
         session: str | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         # `session` is ignored: the server keeps (or not) its own prompt cache; nothing is held here.
         if self._closed:
@@ -174,7 +179,7 @@ class RemoteChatModel(ChatModel):
         url = f"{self.endpoint}/chat/completions"
         with _Interrupter(cancel, url) as interrupter:
             try:
-                with self._client.sse(url, method="POST", json=self.request_body(messages, settings),
+                with self._client.sse(url, method="POST", json=self.request_body(messages, settings, grammar),
                                       extensions={"trace": interrupter.trace}) as events:
                     if events.response.status_code != 200:
                         raise self._http_error(events.response, url, interrupter.proxy)

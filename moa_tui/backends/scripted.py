@@ -70,6 +70,7 @@ class _RunningScript(ChatModel):
         on_token: TokenCallback,
         *,
         session: str | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         """Play the script. `session` is recorded only: a script has no cache to keep per role."""
         self.calls.append(messages)

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..config import ModelSettings
@@ -230,6 +231,7 @@ class WorkerModel(ChatModel):
         on_token: TokenCallback,
         *,
         session: str | None = None,
+        grammar: str | None = None,
     ) -> ChatResult:
         self._check_usable()
         first_ever = self._calls == 0 and not getattr(self, "_healed", False)
@@ -240,28 +242,43 @@ class WorkerModel(ChatModel):
             on_token(text)
 
         try:
-            return self._chat_once(messages, settings, cancel, counting, session)
+            return self._chat_once(messages, settings, cancel, counting, session, grammar)
         except WorkerDied as exc:
             if self._may_heal(exc, first_ever, generated[0], cancel):
-                return self._heal(exc, messages, settings, cancel, on_token, session)
+                return self._heal(exc, messages, settings, cancel, on_token, session, grammar)
             raise self._died(exc, generated[0]) from exc
 
-    def _chat_once(self, messages, settings, cancel: CancelToken, on_token: TokenCallback, session) -> ChatResult:
+    def _chat_once(self, messages, settings, cancel: CancelToken, on_token: TokenCallback, session,
+                   grammar: str | None) -> ChatResult:
+        return self._relay(("chat", messages, settings, session, grammar), settings.hang_timeout, cancel,
+                           lambda text: on_token(text))
+
+    def chat_samples(self, messages: list[Message], settings: list[ModelSettings], cancel: CancelToken,
+                     on_token: Callable[[int, str], None]) -> list[ChatResult]:
+        """k samples decoded together in the worker (batched.py); a crash fails them all."""
+        self._check_usable()
+        try:
+            return self._relay(("samples", messages, settings), settings[0].hang_timeout, cancel,
+                               lambda text, i: on_token(i, text))
+        except WorkerDied as exc:
+            raise self._died(exc, 0) from exc
+
+    def _relay(self, request: tuple, hang_timeout: float, cancel: CancelToken, on_token: Callable[..., None]) -> Any:
+        """Send one answer request, pass its tokens on, return its result; the watchdog runs meanwhile."""
         self._calls += 1
         self._call_number += 1
         call = self._call_number
-        self.worker.send("chat", call, messages, settings, session)
+        self.worker.send(request[0], call, *request[1:])
         unhook = cancel.on_cancel(lambda: self._send_cancel(call))  # at once if already cancelled
         try:
             while True:
-                message = self.worker.receive(settings.hang_timeout or None)
+                message = self.worker.receive(hang_timeout or None)
                 if message is None:
                     self.worker.kill("hung")
-                    raise WorkerDied(f"hung: no progress for {settings.hang_timeout:g} s, so its worker was ended",
-                                     hung=True)
+                    raise WorkerDied(f"hung: no progress for {hang_timeout:g} s, so its worker was ended", hung=True)
                 kind = message[0]
                 if kind == "token":
-                    on_token(message[1])
+                    on_token(*message[1:])
                 elif kind == "done":
                     return message[1]
                 elif kind == "error":
@@ -297,7 +314,7 @@ class WorkerModel(ChatModel):
                 and self.extra_bufts and self.settings.cpu_repack != True  # noqa: E712 - True forced by the user
                 and not cancel.cancelled)
 
-    def _heal(self, exc: WorkerDied, messages, settings, cancel, on_token, session) -> ChatResult:
+    def _heal(self, exc: WorkerDied, messages, settings, cancel, on_token, session, grammar) -> ChatResult:
         log.warning("%s %s on its first answer with extra CPU buffers; retrying without them", self.model_id, exc.how)
         self.worker.kill("healing")
         self.settings = dataclasses.replace(self.settings, cpu_repack=False)
@@ -305,7 +322,7 @@ class WorkerModel(ChatModel):
         self._healed = True
         try:
             self._start(cancel)
-            result = self._chat_once(messages, settings, cancel, on_token, session)
+            result = self._chat_once(messages, settings, cancel, on_token, session, grammar)
         except WorkerDied as again:
             raise self._died(WorkerDied(f"{exc.how} on its first answer, and {again.how} again without "
                                         f"llama.cpp's extra CPU buffers"), 0) from again

@@ -24,7 +24,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .base import CancelToken, ModelError
+from .base import CancelToken, ChatResult, ModelError
 from .worker_protocol import BEAT_INTERVAL
 
 
@@ -117,7 +117,7 @@ class Worker:
         except ModelError as exc:
             self.send("error", str(exc))
 
-    def on_chat(self, call: int, messages, settings, session) -> None:
+    def on_chat(self, call: int, messages, settings, session, grammar=None) -> None:
         with self._cancel_lock:
             self.call, self.cancel = call, BeatingCancel(lambda: self.send("beat"))
             if call in self.cancelled:
@@ -125,11 +125,28 @@ class Worker:
                 self.cancel.cancel()
         try:
             result = self.model.chat(messages, settings, self.cancel, lambda text: self.send("token", text),
-                                     session=session)
+                                     session=session, grammar=grammar)
         except ModelError as exc:
             self.send("error", str(exc))
         else:
             self.send("done", result)
+        finally:
+            with self._cancel_lock:
+                self.call, self.cancel = None, None
+
+    def on_samples(self, call: int, messages, settings) -> None:
+        with self._cancel_lock:
+            self.call, self.cancel = call, BeatingCancel(lambda: self.send("beat"))
+            if call in self.cancelled:
+                self.cancelled.discard(call)
+                self.cancel.cancel()
+        try:
+            results = self.model.chat_samples(messages, settings, self.cancel,
+                                              lambda i, text: self.send("token", text, i))
+        except ModelError as exc:
+            self.send("error", str(exc))
+        else:
+            self.send("done", [ChatResult(r.text, r.stats, r.cancelled) for r in results])
         finally:
             with self._cancel_lock:
                 self.call, self.cancel = None, None

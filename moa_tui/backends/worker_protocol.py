@@ -8,8 +8,9 @@ moa -> worker                                   worker -> moa
   ("load", model_id, path, settings)              ("loaded", n_ctx, notices, load_seconds, extra_bufts)
                                                   ("load_failed", message)
   ("count", messages)                             ("count", n)   or ("error", message)
-  ("chat", call, messages, settings, session)     ("token", text) ... ("beat",) ...
+  ("chat", call, messages, settings, session, grammar)   ("token", text) ... ("beat",) ...
                                                   ("done", ChatResult)   or ("error", message)
+  ("samples", call, messages, [settings, ...])    ("token", text, i) ... ("done", [ChatResult, ...])
   ("cancel", call)     any time; stops answer number `call` (llama.cpp's abort callback, between
                        tokens), or stops it at once if the cancel overtook its start
   ("threads", n, now)  now=True: set while idle; False: a running answer switches between two tokens

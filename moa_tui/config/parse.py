@@ -31,6 +31,8 @@ from .types import (
     BUILTIN_DEFAULTS,
     CONFIG_VERSION,
     DEFAULT_PROMPTS,
+    MODEL_FREE_STRATEGIES,
+    STRATEGIES,
     Config,
     EndpointSource,
     HFSource,
@@ -50,7 +52,7 @@ MEMORY_KEYS = ("ram_gb", "vram_gb")
 MAX_SAMPLES = 16
 PROMPT_KEYS = ("proposer", "aggregator", "final")
 PIPELINE_KEYS = ("description", "parallel", "layers")
-LAYER_KEYS = ("name", "models")
+LAYER_KEYS = ("name", "models", "strategy")
 MODEL_KEYS = ("id", "source", "samples", "temperatures", *SETTING_CHECKS)
 SOURCE_KEYS = {
     "hf": ("hf", "quant", "file", "revision"),
@@ -204,14 +206,32 @@ def _sample(model_id: str, source: Source, settings: ModelSettings, index: int,
     return ModelSpec(f"{model_id}#{index + 1}", source, own, sample_of=model_id, sample_index=index)
 
 
-def _layer(value: Any, where: str, base: Path, defaults: ModelSettings) -> Layer:
+def _strategy(value: Any) -> str:
+    if value not in STRATEGIES:
+        raise ValueError(f"expected one of {', '.join(STRATEGIES)}, got {show(value)}")
+    return value
+
+
+def _layer(value: Any, where: str, base: Path, defaults: ModelSettings, first: bool) -> Layer:
     data = mapping(value, where, "{name: proposers, models: [...]}")
     check_keys(data, LAYER_KEYS, where)
     name = get(data, "name", where, text)
+    strategy = get(data, "strategy", where, _strategy, "synthesize")
+    if strategy != "synthesize" and first:
+        raise Invalid(join(where, "strategy"), f"{strategy!r} combines the answers of the layer before; the first "
+                                               "layer has none (its models answer the user)")
     models_where = join(where, "models")
+    if strategy in MODEL_FREE_STRATEGIES:
+        if "models" in data:
+            raise Invalid(models_where, f"a {strategy!r} layer runs no model (the answers before it decide); "
+                                        "leave 'models' out")
+        return Layer([], name=name, strategy=strategy)
     models = as_list(required(data, "models", where), models_where, "model")
     specs = [spec for i, m in enumerate(models) for spec in _model(m, f"{models_where}[{i}]", base, defaults)]
-    return Layer(specs, name=name)
+    if strategy == "select" and len(specs) != 1:
+        raise Invalid(models_where, f"a 'select' layer has exactly one model (it picks the best answer), "
+                                    f"got {len(specs)}")
+    return Layer(specs, name=name, strategy=strategy)
 
 
 def _check_unique_ids(layers: list[Layer], where: str) -> None:
@@ -224,6 +244,12 @@ def _check_unique_ids(layers: list[Layer], where: str) -> None:
                 raise Invalid(f"{where}.{at}.id",
                                f"duplicate id {model.base_id!r} (also at {first_seen[model.base_id]})")
             first_seen[model.base_id] = at
+        if layer.decides_without_a_model:
+            at = f"layers[{li}]"
+            if layer.decider_id in first_seen:
+                raise Invalid(f"{where}.{at}.name", f"this {layer.strategy} layer shows as {layer.decider_id!r}, "
+                                                    f"which is taken (at {first_seen[layer.decider_id]}): name it")
+            first_seen[layer.decider_id] = at
 
 
 def _pipeline(name: Any, value: Any, where: str, base: Path, defaults: ModelSettings) -> Pipeline:
@@ -233,8 +259,8 @@ def _pipeline(name: Any, value: Any, where: str, base: Path, defaults: ModelSett
     check_keys(data, PIPELINE_KEYS, where)
     layers_where = join(where, "layers")
     raw_layers = as_list(required(data, "layers", where), layers_where, "layer")
-    layers = [_layer(v, f"{layers_where}[{i}]", base, defaults) for i, v in enumerate(raw_layers)]
-    if len(layers[-1].models) != 1:
+    layers = [_layer(v, f"{layers_where}[{i}]", base, defaults, i == 0) for i, v in enumerate(raw_layers)]
+    if len(layers[-1].models) != 1 and not layers[-1].decides_without_a_model:
         raise Invalid(f"{layers_where}[{len(layers) - 1}].models",
                        f"the last layer must have exactly one model (its answer is the reply), "
                        f"got {len(layers[-1].models)}" + (" (samples count as models)"

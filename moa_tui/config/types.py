@@ -112,10 +112,31 @@ class ModelSpec:
         return self.sample_of or self.id
 
 
+STRATEGIES = ("synthesize", "vote", "select", "mux")
+MODEL_FREE_STRATEGIES = ("vote", "mux")
+
+
 @dataclass
 class Layer:
+    """One layer of a pipeline: its models, and how it combines the answers of the layer before.
+
+    strategy (strategies.py): `synthesize` (each model writes a better answer), `select` (its one
+    model picks the best answer by number), `vote` and `mux` (no model: the answers themselves decide;
+    `models` is empty and the layer shows as one pane named `decider_id`).
+    """
+
     models: list[ModelSpec]
     name: str | None = None
+    strategy: str = "synthesize"
+
+    @property
+    def decides_without_a_model(self) -> bool:
+        return self.strategy in MODEL_FREE_STRATEGIES
+
+    @property
+    def decider_id(self) -> str:
+        """The pane id of a vote or mux layer: its name, else the strategy's."""
+        return self.name or self.strategy
 
 
 @dataclass

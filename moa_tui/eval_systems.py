@@ -107,7 +107,7 @@ def build_systems(config: Config, pipeline_name: str | None, *, strategies: bool
             systems.append(System(name, "strategy", name, [m.id for m in variant.all_models()]))
     if SELF_MOA in config.pipelines and main.name != SELF_MOA:
         systems.append(System(SELF_MOA, "pipeline", SELF_MOA, [m.id for m in config.pipelines[SELF_MOA].all_models()]))
-    if len(main.all_models()) > 1:
+    if len(main.layers) > 1 or len(main.all_models()) > 1:
         seen_base: set[str] = set()
         by_key: dict[tuple, System] = {}
         for spec in main.all_models():

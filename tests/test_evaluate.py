@@ -264,13 +264,13 @@ def test_systems_are_the_pipeline_self_moa_and_each_distinct_model(write_config,
     assert [(s.name, s.kind) for s in systems] == [
         ("duo", "pipeline"), ("duo+vote", "strategy"), ("duo+select", "strategy"), ("duo+mux", "strategy"),
         ("self-moa", "pipeline"), ("a", "model"), ("final", "model")]
-    assert systems[5].same_as == ["b"]
+    assert systems[5].same_as == ["b"]  # same file and settings but the seed: one baseline
     vote = run_config.pipelines["duo+vote"]
     assert [s.id for s in vote.layers[0].models] == ["a#1", "a#2", "a#3", "b#1", "b#2", "b#3"]
     assert [s.settings.seed for s in vote.layers[0].models[:3]] == [1, 2, 3]
     assert vote.layers[1].strategy == "vote"
     select = run_config.pipelines["duo+select"]
-    assert [s.id for s in select.layers[0].models] == ["a", "b"] and select.layers[1].models[0].id == "final"  # same file and settings but the seed: one baseline
+    assert [s.id for s in select.layers[0].models] == ["a", "b"] and select.layers[1].models[0].id == "final"
     assert len(specs) == 1  # one file with one set of load settings: loaded once, up front
     assert {s.key for s in systems} <= set(run_config.pipelines) and set(config.pipelines) == {"duo", "self-moa"}
 

@@ -297,3 +297,22 @@ def test_notices_of_a_call_reach_its_pane():
     events = list(MoAPipeline(config, "p", provider=provider, save=False).run_turn(new_conversation("p"), "q"))
     assert [e.message for e in events if isinstance(e, Notice)] == ["healed"]
     assert isinstance(events[-1], TurnFinished) and events[-1].status == "done"
+
+
+def test_warm_up_starts_the_resident_workers_before_the_first_turn(smol_config):
+    """What the app does while the user types: the first turn then loads nothing."""
+    from moa_tui.events import ModelLoading
+
+    config = smol_config(max_tokens=8)
+    pipeline = MoAPipeline(config, "smol", save=False)
+    try:
+        pipeline.provider.warm_up()
+        assert pipeline.provider.loads == 1  # four specs of one file with one set of load settings: one worker
+        (pid,) = worker_pids(pipeline.provider).values()
+        assert alive(pid)
+        events = list(pipeline.run_turn(new_conversation("smol"), "Hi"))
+        assert events[-1].status == "done" and not [e for e in events if isinstance(e, ModelLoading)]
+        assert pipeline.provider.loads == 1
+    finally:
+        pipeline.close()
+    assert gone_within([pid], within(5))

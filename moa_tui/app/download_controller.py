@@ -104,6 +104,8 @@ class DownloadController:
                 missing = pipeline.missing_models()
                 specs = [s for s in pipeline.pipeline.all_models() if pipeline.provider.missing_models([s])]
                 push(ModelsChecked(name, missing, specs))
+                if not missing and not self.app.shutting_down:
+                    pipeline.provider.warm_up()  # workers start and load while the user types
             except Exception as exc:  # a broken cache must not keep the app from starting
                 push(ModelsChecked(name, [], [], f"{type(exc).__name__}: {exc}"))
 

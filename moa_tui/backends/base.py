@@ -186,6 +186,9 @@ class ModelProvider:
         """The memory plan followed now, if this provider makes one."""
         return None
 
+    def warm_up(self) -> None:
+        """Load now what the prepared pipeline keeps loaded anyway (called while the user types)."""
+
     def layer_done(self, layer: int) -> None:
         """Layer `layer` of the turn is over (every model of it returned): release what it loaded for itself."""
 

@@ -172,6 +172,36 @@ class ModelPool(ModelProvider):
         solo = plan(solo_pipeline(spec), {spec.id: size}, self._fixed_budget())
         return solo.models[0].n_gpu_layers or 0
 
+    def warm_up(self) -> None:
+        """Start the workers of the prepared pipeline's resident local models and load them, so the first
+        turn does not wait for spawn, imports and loads. Blocking: call it from a thread while the user
+        types. Only models already on disk (nothing is downloaded) and only those the plan keeps loaded
+        (a swapped model is loaded for its layer anyway); a load that fails is left for the turn to report.
+        """
+        from ..models import is_local_source, local_status
+
+        with self._plan_lock:
+            pipeline = self._pipeline
+        if pipeline is None:
+            return
+        cancel = CancelToken()
+        seen: set[tuple] = set()
+        for li, layer in enumerate(pipeline.layers):
+            for mi, spec in enumerate(layer.models):
+                if self._closed or not is_local_source(spec.source) or not local_status(spec).on_disk:
+                    continue
+                decision = self._decision(spec)
+                if decision is None or not decision.resident:
+                    continue
+                key = (spec.source.describe(), load_settings(spec.settings))
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    self._entry(spec, ModelRef(li, mi, spec.id, "proposer"), lambda _event: None, cancel)
+                except ModelError as exc:
+                    log.info("warm-up: %s not loaded ahead (%s)", spec.id, exc)
+
     def layer_done(self, layer: int) -> None:
         """Release every swapped model still loaded: nothing loaded per layer outlives its layer."""
         with self._guard:

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="continue an interrupted run from its JSON report")
     evaluate.add_argument("--jobs", type=int, metavar="N", help="systems asked at once (default: one per 4 cores)")
     evaluate.add_argument("--only", metavar="NAME[,NAME]", help="run only these systems (as the table names them)")
+    evaluate.add_argument("--no-sharing", dest="share", action="store_false",
+                          help="make every model call anew, even one another system made identically")
 
     transcripts = sub.add_parser("transcripts", help="list, search, export, rename or delete saved conversations")
     action = transcripts.add_mutually_exclusive_group()
@@ -183,7 +185,7 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
         from .commands import eval as evaluate
 
         return lambda: evaluate.run(evaluate.EvalOptions(
-            args.dataset, **common, **_given(args, "limit", "json", "seeds", "samples", "strategies", "jobs"),
+            args.dataset, **common, **_given(args, "limit", "json", "seeds", "samples", "strategies", "jobs", "share"),
             resume=args.resume_report, only=tuple(n.strip() for n in (args.only or "").split(",") if n.strip())))
     if command == "transcripts":
         from .commands import transcripts

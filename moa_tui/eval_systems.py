@@ -43,6 +43,8 @@ class System:
             "answered": len(done), "correct": correct,
             "accuracy": round(correct / len(done), 4) if done else None,
             "mean_latency_s": _mean([r["latency_s"] for r in done]),
+            # seconds its model calls took (summed; a replayed shared call counts what it took when made)
+            "mean_model_s": _mean([r.get("model_s", r["latency_s"]) for r in done]),
             "mean_tokens": _mean([r["tokens"] for r in done]),
             "failed_calls": sum(len(r["failed_models"]) for r in done),
             "failed_turns": sum(1 for r in done if r["status"] != "done"),

@@ -138,6 +138,9 @@ def test_eval_resumes_an_interrupted_run_and_compares_over_seeds(write_config, s
     assert first["seeds"] == 2 and [s["answered"] for s in first["systems"]] == [4, 4]
     seeds = {r["seed"] for item in first["items"] for r in item["results"]["duo"]}
     assert seeds == {0, 1}
+    for item in first["items"]:  # a alone asks what duo's proposer asks: one call, the same answer for both
+        alone = {r["seed"]: r["reply"] for r in item["results"]["a"]}
+        assert {r["seed"]: r["answers"][0]["text"] for r in item["results"]["duo"]} == alone
     (comparison,) = first["statistics"]["against_best_member"]
     assert comparison["system"] == "duo" and comparison["baseline"] == "a" and comparison["questions"] == 2
     assert comparison["low"] <= comparison["difference"] <= comparison["high"]

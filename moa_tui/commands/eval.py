@@ -57,6 +57,7 @@ class EvalOptions:
     resume: str | None = None  # an earlier report of the same run, to continue
     jobs: int | None = None  # systems asked at once (default: one per 4 cores)
     only: tuple[str, ...] = ()  # run only these systems (names as the table shows them)
+    share: bool = True  # make a call several systems make identically once (eval_cache.py)
 
 
 # -- one answer -------------------------------------------------------------------------------------
@@ -73,6 +74,7 @@ def _result(item: EvalItem, index: int, seed: int, turn: TurnResult) -> dict:
     return {
         "index": index, "seed": seed, "status": turn.status, "correct": bool(correct), "reply": turn.reply,
         "error": turn.error, "latency_s": round(turn.wall, 3),
+        "model_s": round(sum(a.stats.wall_time for layer in turn.record.layers for a in layer), 3),
         "tokens": sum(a["tokens"] for a in answers), "failed_models": turn.failures(), "answers": answers,
     }
 
@@ -98,11 +100,11 @@ def results_table(systems: list[System], accuracies: dict[str, Accuracy]) -> str
             "-" if s["accuracy"] is None else f"{s['accuracy'] * 100:.0f}%",
             "-" if acc is None or not acc.trials else f"{acc.low * 100:.0f}-{acc.high * 100:.0f}%",
             f"{s['correct']}/{s['answered']}",
-            "-" if s["mean_latency_s"] is None else f"{s['mean_latency_s']:.1f}s",
+            "-" if s["mean_model_s"] is None else f"{s['mean_model_s']:.1f}s",
             "-" if s["mean_tokens"] is None else f"{s['mean_tokens']:.0f}",
             str(s["failed_calls"]),
         ])
-    return table(rows, ["system", "kind", "accuracy", "95% interval", "correct", "mean latency", "mean tokens",
+    return table(rows, ["system", "kind", "accuracy", "95% interval", "correct", "model time", "mean tokens",
                         "failed calls"])
 
 
@@ -226,7 +228,10 @@ def run(options: EvalOptions) -> int:
                 err(f"error: {error}")
             err("eval: cannot run with a model that does not load (offline? try 'moa pull --pipeline NAME')")
             return EXIT_FAILED
-        _run_all(items, systems, run_config, pool, console, offline(options.offline), seeds, jobs,
+        from ..eval_cache import SharedAnswers
+
+        provider = SharedAnswers(pool) if options.share else pool
+        _run_all(items, systems, run_config, provider, console, offline(options.offline), seeds, jobs,
                  lambda: write_json(out, _report(base, systems, items, seeds)))
     except KeyboardInterrupt:
         base["interrupted"] = True

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from moa_tui.backends.base import CancelToken, Message
-from moa_tui.backends.llama import KVSnapshot, LlamaChatModel, SessionStates, common_prefix
+from moa_tui.backends.kv_states import KVSnapshot, SessionStates, common_prefix
+from moa_tui.backends.llama import LlamaChatModel
 from moa_tui.backends.pool import ModelPool
 from moa_tui.backends.scripted import ScriptedProvider
 from moa_tui.config import ModelSettings

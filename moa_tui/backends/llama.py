@@ -6,8 +6,9 @@ blanks a running terminal UI. Here: llama.cpp's log goes to Python logging, the 
 with the model's own chat template, and tokens are decoded incrementally.
 
 One loaded model may serve several roles (the pool loads each file once): each role's call would
-evict the other's KV-cache prefix, so the model keeps a small per-session store of KV snapshots
-(see `SessionStates`) and restores a role's own prefix before it runs.
+evict the other's prefix, so the model keeps per-role states (kv_states.py: which may be reused, for
+attention KV caches and for recurrent/hybrid memories that cannot be cut back) and restores a role's
+own before it runs.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ import threading
 import time
 import types
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import ModelSettings
 from ..events import GenerationStats
-from ..planner import SAVED_STATE_BYTES_MAX, SAVED_STATES_MAX
 from .base import (
     CancelToken,
     ChatModel,
@@ -38,8 +36,16 @@ from .base import (
     ModelError,
     TokenCallback,
 )
-from .chat_templates import PromptFormatter
+from .chat_templates import FormattedPrompt, PromptFormatter
 from .cpu_buffers import BufferChoice, choose_buffers, llama_system_info
+from .kv_states import (
+    DEFAULT_MAX_STATE_BYTES,
+    DEFAULT_MAX_STATES,
+    RoleStates,
+    SessionStates,
+    StateReuseStats,
+    common_prefix,
+)
 from .streaming import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger("moa_tui.llama_cpp")
@@ -186,123 +192,12 @@ def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-# -- per-session KV snapshots -------------------------------------------------------------------------
-
-# Bounds of one model's snapshot store: base.py says why these (the memory planner counts them too).
-DEFAULT_MAX_STATES = SAVED_STATES_MAX
-DEFAULT_MAX_STATE_BYTES = SAVED_STATE_BYTES_MAX
-# Restoring a snapshot costs a memcpy (about 3 ms per 1000 SmolLM2 tokens here); evaluating this many
-# prompt tokens costs more than that on any device, so a smaller gain is not worth the load.
-MIN_RESTORE_GAIN = 16
-
-
-@dataclass
-class KVSnapshot:
-    """The KV cache of sequence 0 (`llama_state_seq_get_data`) and the token ids it holds."""
-
-    tokens: Any  # numpy int array: the ids of the cached positions 0..n-1
-    data: Any  # ctypes uint8 array owned by the snapshot (no second copy into `bytes`)
-    size: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.size + int(self.tokens.nbytes)
-
-
-@dataclass
-class StateReuseStats:
-    """What the snapshot store did over the model's life (for benchmarks, logs and tests)."""
-
-    saves: int = 0
-    restores: int = 0
-    save_seconds: float = 0.0
-    restore_seconds: float = 0.0
-    last_save_bytes: int = 0
-    skipped_too_big: int = 0
-
-
-class SessionStates:
-    """An LRU store of KV snapshots, one per session (role), bounded by count and bytes.
-
-    Why this exists: llama.cpp keeps one KV cache per context, and llama-cpp-python reuses only the
-    longest common prefix of the previous call's tokens. When one loaded model answers as two roles
-    in a turn, each role's call evicts the other's prefix and every turn re-evaluates the whole
-    history. Snapshots are taken lazily (only when another session is about to use the model), so a
-    model that serves one role never pays for a copy. Least recently used snapshots go first when
-    more than `max_states` are kept or their bytes exceed `max_bytes`; `max_states=0` disables it.
-    """
-
-    def __init__(self, max_states: int = DEFAULT_MAX_STATES, max_bytes: int = DEFAULT_MAX_STATE_BYTES) -> None:
-        self.max_states = max(0, max_states)
-        self.max_bytes = max(0, max_bytes)
-        self._items: OrderedDict[str, KVSnapshot] = OrderedDict()
-        self.nbytes = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_states > 0 and self.max_bytes > 0
-
-    def fits(self, nbytes: int) -> bool:
-        return self.enabled and nbytes <= self.max_bytes
-
-    def put(self, session: str, snapshot: KVSnapshot) -> None:
-        """Keep `snapshot` as `session`'s newest state (replacing its older one), then evict LRU ones."""
-        self.drop(session)
-        if not self.fits(snapshot.nbytes):
-            return
-        self._items[session] = snapshot
-        self.nbytes += snapshot.nbytes
-        while len(self._items) > self.max_states or self.nbytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= old.nbytes
-
-    def touch(self, session: str) -> None:
-        if session in self._items:
-            self._items.move_to_end(session)
-
-    def drop(self, session: str) -> None:
-        old = self._items.pop(session, None)
-        if old is not None:
-            self.nbytes -= old.nbytes
-
-    def items(self) -> Iterator[tuple[str, KVSnapshot]]:
-        return iter(list(self._items.items()))
-
-    def __contains__(self, session: object) -> bool:
-        return session in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.nbytes = 0
-
-
-def common_prefix(cached: Any, tokens: Any) -> int:
-    """Length of the longest common prefix of two token sequences (numpy, not a Python loop)."""
-    import numpy as np
-
-    n = min(len(cached), len(tokens))
-    if n == 0:
-        return 0
-    a = np.asarray(cached[:n], dtype=np.int64)
-    b = np.asarray(tokens[:n], dtype=np.int64)
-    diff = np.flatnonzero(a != b)
-    return int(diff[0]) if diff.size else n
-
-
 class LlamaChatModel(ChatModel):
     """One loaded GGUF. Not thread-safe: callers serialize use (the pool holds a lock per model).
 
-    `chat(..., session=KEY)` names the role a call is for. When a call's session differs from the
-    previous call's, the previous session's KV cache is snapshotted (llama_state_seq_get_data) before
-    it is overwritten, and the snapshot whose tokens share the longest prefix with the new prompt is
-    restored if it beats what the cache holds now. Why not `Llama.save_state()`: it also copies the
-    logits buffer (up to n_batch x n_vocab floats: 100 MB for SmolLM2) although with logits_all=False
-    those rows are never read. Measured on SmolLM2 at n_ctx 2048, 1000 cached tokens: the sequence
-    state is 22 MiB, saved in ~6 ms and restored in ~3 ms; save_state() is 118 MiB and 29 ms save /
-    28 ms load warm (150-550 ms on a cold first save).
+    `chat(..., session=KEY)` names the role a call is for: before it runs, the role's own state is
+    restored when that saves work (kv_states.py says which states may be reused, for attention and
+    for recurrent memories alike).
     """
 
     def __init__(
@@ -361,13 +256,10 @@ class LlamaChatModel(ChatModel):
         self._formatter = self._make_formatter(settings.chat_format, bool(settings.thinking))
         if self._formatter.notice:
             self.notices.append(self._formatter.notice)
-        self._states = SessionStates(max_states, max_state_bytes)
+        self._roles = RoleStates(self._llm, model_id, max_states, max_state_bytes)
         self._batched: Any = None  # a BatchedSampler (batched.py), made at the first chat_samples
         self._load_settings = settings
-        self.state_stats = StateReuseStats()
         self._threads_wanted: int | None = None  # asked for while answering; applied between tokens
-        self._owner: str | None = None  # the session whose tokens the KV cache holds now
-        self._owner_saved = True  # whether the store already has the cache as it is now
         self._closed = False
 
     # -- formatting -----------------------------------------------------------------------------
@@ -389,12 +281,17 @@ class LlamaChatModel(ChatModel):
             return ""
         return self._piece(token, special=True).decode("utf-8", errors="replace")
 
-    def _tokenize(self, messages: list[Message]) -> tuple[list[int], list[str], str]:
-        """Prompt tokens, the template's stop strings, and the thinking tag the prompt ends in."""
+    def _prompt_tokens(self, messages: list[Message]) -> tuple[list[int], FormattedPrompt]:
+        """Prompt tokens, and the prompt (its text, stop strings, the thinking tag it ends in)."""
         prompt = self._formatter.format(messages)
         tokens = self._llm.tokenize(
             prompt.text.encode("utf-8"), add_bos=not prompt.has_special_tokens, special=True
         )
+        return tokens, prompt
+
+    def _tokenize(self, messages: list[Message]) -> tuple[list[int], list[str], str]:
+        """Prompt tokens, the template's stop strings, and the thinking tag the prompt ends in."""
+        tokens, prompt = self._prompt_tokens(messages)
         return tokens, prompt.stops, prompt.open_thinking
 
     def count_tokens(self, messages: list[Message]) -> int:
@@ -469,83 +366,28 @@ class LlamaChatModel(ChatModel):
 
     # -- per-session state -----------------------------------------------------------------------
 
-    def _cached_tokens(self) -> Any:
-        """Token ids whose KV the context holds (llama-cpp-python's own prefix-matching view)."""
-        return self._llm.input_ids[: self._llm.n_tokens]
+    @property
+    def _states(self) -> SessionStates:
+        return self._roles.store
 
-    def _switch_session(self, session: str | None, tokens: list[int]) -> None:
-        """Snapshot the previous session's cache if it is about to be overwritten; restore `session`'s.
+    @property
+    def state_stats(self) -> StateReuseStats:
+        return self._roles.stats
 
-        A failure here never fails the call: the cache is then simply evaluated again.
-        """
-        if not self._states.enabled:
-            return
-        owner = self._owner
-        try:
-            if owner is not None and owner != session and not self._owner_saved:
-                self._save_state(owner)
-            if session is not None:
-                self._restore_best(session, tokens)
-        except Exception as exc:  # MemoryError, a llama.cpp refusal: reuse is only an optimization
-            log.warning("%s: KV state reuse failed (%s: %s); evaluating the prompt", self.model_id,
-                        type(exc).__name__, exc)
-            self._states.clear()
-            self._llm.reset()
-
-    def _save_state(self, session: str) -> None:
-        import llama_cpp
-
-        self._owner_saved = True
-        n_tokens = self._llm.n_tokens
-        if n_tokens <= 0:
-            return
-        started = time.perf_counter()
-        ctx = self._llm.ctx
-        # Cells past n_tokens (an aborted batch) are not part of the tokens we record: drop them first.
-        self._llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)
-        size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
-        if not self._states.fits(size):
-            self.state_stats.skipped_too_big += 1
-            self._states.drop(session)
-            return
-        buf = (ctypes.c_uint8 * size)()
-        written = int(llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0))
-        if written <= 0 or written > size:
-            raise RuntimeError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
-        snapshot = KVSnapshot(tokens=self._llm.input_ids[:n_tokens].copy(), data=buf, size=written)
-        self._states.put(session, snapshot)
-        self.state_stats.saves += 1
-        self.state_stats.last_save_bytes = snapshot.nbytes
-        self.state_stats.save_seconds += time.perf_counter() - started
-
-    def _restore_best(self, session: str, tokens: list[int]) -> None:
-        """Load the snapshot sharing the longest prefix with `tokens`, if it beats the live cache."""
-        import llama_cpp
-
-        current = common_prefix(self._cached_tokens(), tokens)
-        best_key, best, best_len = None, None, current
-        for key, snapshot in self._states.items():
-            shared = common_prefix(snapshot.tokens, tokens)
-            # Prefer the session's own snapshot on a tie: it is the one its next call will extend.
-            if shared > best_len or (shared == best_len and best is not None and key == session):
-                best_key, best, best_len = key, snapshot, shared
-        if best is None or best_len - current < MIN_RESTORE_GAIN:
-            return
-        started = time.perf_counter()
-        if int(llama_cpp.llama_state_seq_set_data(self._llm.ctx, best.data, best.size, 0)) == 0:
-            self._states.drop(best_key)
-            raise RuntimeError("llama_state_seq_set_data refused the snapshot")
-        n = len(best.tokens)
-        # What Llama.load_state() does, minus the logits copy: generate() now matches the prompt
-        # against these ids, keeps their common prefix and evaluates only the rest. _requires_eval
-        # (llama-cpp-python >= 0.3.17) makes it re-evaluate one token rather than trust stale logits.
-        self._llm.input_ids[:n] = best.tokens
-        self._llm.n_tokens = n
-        if hasattr(self._llm, "_requires_eval"):
-            self._llm._requires_eval = True
-        self._states.touch(best_key)
-        self.state_stats.restores += 1
-        self.state_stats.restore_seconds += time.perf_counter() - started
+    def _history_boundary(self, messages: list[Message], prompt_text: str, tokens: list[int],
+                          add_bos: bool) -> int:
+        """Tokens before the last message's content: the system prompt and history, which the role's
+        next prompt repeats exactly (prompts.py keeps them first). 0 when it cannot be found."""
+        if not self._roles.recurrent or not messages:
+            return 0
+        content = messages[-1].content
+        at = prompt_text.rfind(content) if content else -1
+        if at < 0 and content.strip():
+            at = prompt_text.rfind(content.strip())
+        if at <= 0:
+            return 0
+        head = self._llm.tokenize(prompt_text[:at].encode("utf-8"), add_bos=add_bos, special=True)
+        return common_prefix(head, tokens)
 
     # -- chat -------------------------------------------------------------------------------------
 
@@ -565,9 +407,10 @@ class LlamaChatModel(ChatModel):
         import llama_cpp
 
         started = time.perf_counter()
+        tokens, prompt = self._prompt_tokens(messages)
         # prefill: a thinking tag the template opened in the prompt, put back in front of the answer
         # so the text says where its reasoning ends (thinking.py)
-        tokens, template_stops, prefill = self._tokenize(messages)
+        template_stops, prefill = prompt.stops, prompt.open_thinking
         stats = GenerationStats(prompt_tokens=len(tokens))
         max_tokens = settings.max_tokens
         room = self.n_ctx - len(tokens)
@@ -577,7 +420,8 @@ class LlamaChatModel(ChatModel):
                 f"window (n_ctx {self.n_ctx}); raise n_ctx"
             )
         budget = min(max_tokens, room)
-        self._switch_session(session, tokens)
+        self._roles.before_call(session, tokens)
+        boundary = self._history_boundary(messages, prompt.text, tokens, not prompt.has_special_tokens)
         self._take_thread_request()
         if settings.seed is not None:
             self._llm.set_seed(settings.seed)
@@ -590,7 +434,6 @@ class LlamaChatModel(ChatModel):
         finish = "length"
         self._evaluated.n = 0
         prompt_evaluated: int | None = None  # read when the first token comes: only the prompt ran yet
-        self._owner, self._owner_saved = session, False  # from here on the cache holds this session's tokens
         self._cancel = cancel
         self._set_abort(True)
         generator = self._llm.generate(
@@ -603,6 +446,7 @@ class LlamaChatModel(ChatModel):
             grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
         )
         try:
+            self._roles.checkpoint(session, tokens, boundary, self._llm.eval)
             for token in generator:
                 if prompt_evaluated is None:
                     stats.time_to_first_token = time.perf_counter() - started
@@ -686,7 +530,7 @@ class LlamaChatModel(ChatModel):
         """Free the model's memory. The caller guarantees no thread still uses it."""
         if not self._closed:
             self._closed = True
-            self._states.clear()
+            self._roles.clear()
             if self._batched is not None:  # its context uses the model's weights: freed first
                 self._batched.close()
             with contextlib.suppress(Exception):

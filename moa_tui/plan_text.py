@@ -20,7 +20,8 @@ def plan_rows(result: Plan) -> list[list[str]]:
             rows.append([m.name, "?", "?", "?", "?", m.threads_text, f"swapped ({m.unknown or NOT_DOWNLOADED})"])
             continue
         where = m.residency if m.fits else "does not fit"
-        kv = _size(size.kv_cache) + (f" + {_size(m.saved_states)} saved" if m.saved_states else "")
+        kv = _size(size.kv_cache) + (f" + {_size(size.recurrent_state)} state" if size.recurrent_state else "")
+        kv += f" + {_size(m.saved_states)} saved" if m.saved_states else ""
         rows.append([m.name, _size(size.file_size), kv, _size(size.total + m.saved_states), m.placement,
                      m.threads_text, where])
     return rows

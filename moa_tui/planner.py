@@ -84,15 +84,21 @@ class ModelSize:
     kv_cache: int  # for the spec's n_ctx
     compute: int
     n_layers: int  # repeating blocks (block_count): what n_gpu_layers counts
+    recurrent_state: int = 0  # fixed-size state of recurrent layers (hybrid/recurrent models), any n_ctx
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.compute
+        return self.weights + self.kv_cache + self.recurrent_state + self.compute
 
     @property
     def per_layer(self) -> float:
-        """Bytes one layer takes on the GPU: its share of the weights and of the KV cache."""
-        return (self.weights + self.kv_cache) / max(1, self.n_layers)
+        """Bytes one layer takes on the GPU: its share of the weights and of the KV cache / state."""
+        return (self.weights + self.kv_cache + self.recurrent_state) / max(1, self.n_layers)
+
+    @property
+    def saved_state(self) -> int:
+        """The most one saved per-role state takes: the KV cache of a full n_ctx, plus the recurrent state."""
+        return self.kv_cache + self.recurrent_state
 
     @classmethod
     def of_file(cls, path: str, settings: ModelSettings, file_size: int | None = None) -> ModelSize:
@@ -104,7 +110,7 @@ class ModelSize:
                               flash_attn=bool(settings.flash_attn))
         return cls(file=str(path), file_size=file_size if file_size is not None else info.split_size,
                    weights=est.weights_bytes, kv_cache=est.kv_cache_bytes, compute=est.compute_bytes,
-                   n_layers=max(1, info.block_count or 1))
+                   n_layers=max(1, info.block_count or 1), recurrent_state=est.recurrent_bytes)
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,7 @@ class ModelPlan:
             "file": size.file if size else None, "file_size": size.file_size if size else None,
             "weights": size.weights if size else None, "kv_cache": size.kv_cache if size else None,
             "compute": size.compute if size else None, "total": size.total if size else None,
+            "recurrent_state": size.recurrent_state if size else None,
             "n_layers": size.n_layers if size else None,
             "n_gpu_layers_setting": self.gpu_setting, "gpu_layers": self.gpu_layers,
             "n_gpu_layers": self.n_gpu_layers, "placement": self.placement,
@@ -337,17 +344,27 @@ def _group(pipeline: Pipeline, infos: Mapping[str, ModelSize | Unknown | None]) 
 
 
 def _plan_saved_states(models: list[ModelPlan]) -> None:
-    """A model serving several roles keeps a KV snapshot per role in host RAM (backends/llama.py), at
-    most SAVED_STATES_MAX of them and SAVED_STATE_BYTES_MAX in all; each is at most its KV cache."""
+    """A model keeps a saved state per role in host RAM (backends/kv_states.py), at most SAVED_STATES_MAX
+    of them and SAVED_STATE_BYTES_MAX in all; each is at most its KV cache (`ModelSize.saved_state`).
 
+    An attention-only model saves states only when it serves several roles. A model with recurrent
+    layers keeps one checkpoint per role even when it serves one (its state cannot be cut back to the
+    history): each is the recurrent state, fixed in size, plus the KV cache of its attention layers.
+    """
     for model in models:
         roles = sum(model.uses.values())
-        if model.remote or model.size is None or roles < 2:
+        recurrent = model.size is not None and model.size.recurrent_state > 0
+        if model.remote or model.size is None or (roles < 2 and not recurrent):
             continue
-        model.saved_states = min(SAVED_STATE_BYTES_MAX, min(roles, SAVED_STATES_MAX) * model.size.kv_cache)
-        model.notes.append(
-            f"serves {roles} roles: keeps up to {_size(model.saved_states)} of saved KV states in RAM, so "
-            "each role's history is not evaluated again every turn")
+        model.saved_states = min(SAVED_STATE_BYTES_MAX, min(roles, SAVED_STATES_MAX) * model.size.saved_state)
+        if recurrent:
+            model.notes.append(
+                f"has recurrent layers ({_size(model.size.recurrent_state)} of state): keeps a checkpoint of each of "
+                f"its {roles} role(s) at the end of the history, up to {_size(model.saved_states)} in RAM")
+        else:
+            model.notes.append(
+                f"serves {roles} roles: keeps up to {_size(model.saved_states)} of saved KV states in RAM, so "
+                "each role's history is not evaluated again every turn")
 
 
 def _priority(pipeline: Pipeline, model: ModelPlan, index: int) -> tuple:

@@ -13,6 +13,7 @@ from ..paths import SKIP_MEMORY_CHECK_ENV, env_flag
 from ..sysmem import available_memory
 from .format import GGUFError, GGUFInfo
 from .reader import read_gguf_info
+from .recurrent import attention_only, recurrent_layers, recurrent_state_bytes
 
 #: Memory kept free for everything else (the OS, the Python process growing, the terminal).
 DEFAULT_MARGIN_BYTES = 256 * 1024 * 1024
@@ -36,6 +37,7 @@ class MemoryEstimate:
     kv_cache_bytes: int
     compute_bytes: int
     total_bytes: int
+    recurrent_bytes: int = 0  # the fixed-size state of recurrent layers (in total, not in kv_cache_bytes)
 
 
 def effective_n_ctx(info: GGUFInfo, n_ctx: int) -> int:
@@ -58,7 +60,9 @@ def estimate_memory(
     - weights: the tensor data (all parts of a split model).
     - KV cache: K and V for every layer and every position: 2 x layers x n_ctx x kv_heads x head_dim
       x kv_bytes_per_value (2 for llama.cpp's default f16 cache). Sliding-window layers are counted
-      in full, as llama-cpp-python asks llama.cpp for a full-size SWA cache.
+      in full, as llama-cpp-python asks llama.cpp for a full-size SWA cache. Recurrent layers
+      (Mamba, RWKV, the Gated DeltaNet layers of hybrids like Qwen3.5) have no KV cache: they keep
+      a state of fixed size instead (recurrent.py), counted apart from n_ctx.
     - compute: what the forward pass needs besides weights and cache. llama.cpp reserves a graph for
       one micro-batch (n_ubatch = min(n_batch, 512) tokens); measured on SmolLM2 and Gemma 3 270M,
       its "compute buffer size" is the larger of the logits (vocab x n_ubatch floats) and, without
@@ -76,7 +80,7 @@ def estimate_memory(
     if weights <= 0:
         weights = info.split_size or info.file_size
 
-    groups = info.attention_layers()
+    groups = attention_only(info.attention_layers(), recurrent_layers(info))
     kv_values_per_token = 0
     for n_layers, n_head, n_head_kv in groups:
         head_dim_k = info.key_length or (info.embedding_length // n_head if info.embedding_length and n_head else 0)
@@ -95,7 +99,8 @@ def estimate_memory(
     work = scores // 2
     graph = max(logits, scores) + masks + activations + output + work
     compute = int(graph * 1.1) + _BASE_OVERHEAD + vocab * 128
-    return MemoryEstimate(weights, kv_cache, compute, weights + kv_cache + compute)
+    recurrent = recurrent_state_bytes(info)
+    return MemoryEstimate(weights, kv_cache, compute, weights + kv_cache + recurrent + compute, recurrent)
 
 
 def format_bytes(n: float) -> str:
@@ -143,7 +148,8 @@ def check_fits(
     need = (
         f"{info.display_name} needs about {format_bytes(est.total_bytes)} "
         f"({format_bytes(est.weights_bytes)} weights + {format_bytes(est.kv_cache_bytes)} KV cache for n_ctx {n_ctx} "
-        f"+ {format_bytes(est.compute_bytes)} compute buffers)"
+        + (f"+ {format_bytes(est.recurrent_bytes)} recurrent state " if est.recurrent_bytes else "")
+        + f"+ {format_bytes(est.compute_bytes)} compute buffers)"
     )
     if est.total_bytes <= available:
         have = (f"but only {format_bytes(available)} of {memory_name} is free "
@@ -182,7 +188,7 @@ def _smaller_quant(info: GGUFInfo, est: MemoryEstimate, room: int) -> str | None
     if not info.n_params:
         return None
     bits = est.weights_bytes * 8 / info.n_params
-    rest = est.kv_cache_bytes + est.compute_bytes
+    rest = est.kv_cache_bytes + est.recurrent_bytes + est.compute_bytes
     for name, quant_bits in _QUANT_LADDER:
         if quant_bits >= bits * 0.95:
             continue

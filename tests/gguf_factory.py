@@ -187,6 +187,108 @@ def write_loadable_llama(
     return path
 
 
+# -- tiny recurrent and hybrid models that llama.cpp loads and runs -----------------------------------
+
+
+def write_loadable_recurrent(
+    path: Path,
+    *,
+    hybrid: bool = False,
+    n_layers: int = 4,
+    n_embd: int = 32,
+    d_state: int = 8,
+    d_conv: int = 4,
+    dt_rank: int = 4,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 64,
+    seed: int = 0,
+) -> Path:
+    """A random-weight Mamba (`hybrid=False`: every layer recurrent) or Jamba (`hybrid=True`: Mamba
+    layers with an attention layer every second one) of about 150-300 KB, with the vocabulary of
+    `write_loadable_llama`. llama.cpp reports the first as recurrent and the second as hybrid.
+
+    Weights are scaled so the state matters: greedy answers depend on every earlier token, which is
+    what a test of reused states needs.
+    """
+    specials = [("<unk>", 2), ("<s>", 3), ("</s>", 3)]
+    tokens = [t for t, _ in specials] + [f"<0x{b:02X}>" for b in range(256)] + _WORDS
+    types = [k for _, k in specials] + [6] * 256 + [1] * len(_WORDS)
+    scores = [0.0] * (len(specials) + 256) + [-float(i) for i in range(len(_WORDS))]
+    vocab = len(tokens)
+    d_inner = 2 * n_embd  # llama.cpp's Mamba supports an expansion factor of 2 only
+    arch = "jamba" if hybrid else "mamba"
+    attention = {i for i in range(n_layers) if hybrid and i % 2 == 1}
+    head_dim = n_embd // n_head
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int, scale: float = 0.1) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def ones(n: int) -> np.ndarray:
+        return np.ones((n,), dtype=np.float32)
+
+    writer = GGUFWriter(path, arch)
+    writer.add_name(f"tiny-{arch}-test")
+    writer.add_context_length(4096)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layers)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_ssm_conv_kernel(d_conv)
+    writer.add_ssm_inner_size(d_inner)
+    writer.add_ssm_state_size(d_state)
+    writer.add_ssm_time_step_rank(dt_rank)
+    writer.add_feed_forward_length(n_ff if hybrid else 0)
+    writer.add_head_count(n_head if hybrid else 0)
+    if hybrid:  # a per-layer list: 0 KV heads marks a Mamba layer
+        writer.add_head_count_kv([n_head_kv if i in attention else 0 for i in range(n_layers)])
+    writer.add_file_type(0)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_chat_template(TINY_TEMPLATE)
+    writer.add_tensor("token_embd.weight", weights(vocab, n_embd, scale=0.1))
+    writer.add_tensor("output_norm.weight", ones(n_embd))
+    writer.add_tensor("output.weight", weights(vocab, n_embd, scale=1.0))
+    for i in range(n_layers):
+        block = f"blk.{i}."
+        writer.add_tensor(block + "attn_norm.weight", ones(n_embd))
+        if i in attention:
+            writer.add_tensor(block + "attn_q.weight", weights(n_embd, n_embd))
+            writer.add_tensor(block + "attn_k.weight", weights(head_dim * n_head_kv, n_embd))
+            writer.add_tensor(block + "attn_v.weight", weights(head_dim * n_head_kv, n_embd))
+            writer.add_tensor(block + "attn_output.weight", weights(n_embd, n_embd))
+        else:
+            writer.add_tensor(block + "ssm_in.weight", weights(2 * d_inner, n_embd, scale=0.5))
+            writer.add_tensor(block + "ssm_conv1d.weight", weights(d_inner, d_conv, scale=0.5))
+            writer.add_tensor(block + "ssm_conv1d.bias", weights(d_inner))
+            writer.add_tensor(block + "ssm_x.weight", weights(dt_rank + 2 * d_state, d_inner, scale=0.5))
+            if hybrid:
+                writer.add_tensor(block + "ssm_dt_norm.weight", ones(dt_rank))
+                writer.add_tensor(block + "ssm_b_norm.weight", ones(d_state))
+                writer.add_tensor(block + "ssm_c_norm.weight", ones(d_state))
+            writer.add_tensor(block + "ssm_dt.weight", weights(d_inner, dt_rank))
+            writer.add_tensor(block + "ssm_dt.bias", weights(d_inner))
+            writer.add_tensor(block + "ssm_a", -np.exp(weights(d_inner, d_state, scale=0.5) - 6))  # A < 0, slow decay
+            writer.add_tensor(block + "ssm_d", ones(d_inner) * 0.1)
+            writer.add_tensor(block + "ssm_out.weight", weights(n_embd, d_inner, scale=0.5))
+        if hybrid:
+            writer.add_tensor(block + "ffn_norm.weight", ones(n_embd))
+            writer.add_tensor(block + "ffn_gate.weight", weights(n_ff, n_embd))
+            writer.add_tensor(block + "ffn_up.weight", weights(n_ff, n_embd))
+            writer.add_tensor(block + "ffn_down.weight", weights(n_embd, n_ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 # -- a real model with another chat template ---------------------------------------------------------
 
 

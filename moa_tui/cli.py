@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moa-tui {__version__}")
     parser.add_argument("--check-config", action="store_true",
-                        help="validate models.yaml (with --config) without loading any model, then exit")
+                        help="validate models.yaml (with --config) and its model files without loading any "
+                             "model, then exit (as 'moa check')")
     _common(parser, sub=False)
     parser.add_argument("--resume", metavar="TRANSCRIPT", help="continue a saved conversation (path or id)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -73,8 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Show which models.yaml was read and the models of a pipeline.")
     _common(models, offline=False)
 
-    check = sub.add_parser("check", help="validate models.yaml without loading models (same as --check-config)")
-    _common(check, pipeline=False, offline=False)
+    check = sub.add_parser("check", help="validate models.yaml and every local model file without loading models "
+                                         "(same as --check-config)",
+                           description="Validate models.yaml, then check every local model source from the disk "
+                                       "alone (no network, no loading): a path exists and is a GGUF, a package is "
+                                       "installed and holds its file, an hf model is downloaded or not. Exit 1 "
+                                       "naming each problem.")
+    _common(check, pipeline=False)
+    check.add_argument("--no-files", action="store_true", help="check the YAML only, not the model files")
 
     plan = sub.add_parser("plan", help="show where each model runs: size, KV cache, RAM or GPU, resident or swapped",
                           description="The residency plan for a pipeline: which models stay loaded, which are "
@@ -171,7 +178,7 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
     if command == "check":
         from .commands import check
 
-        return lambda: check.run(check.CheckOptions(**_given(args, "config")))
+        return lambda: check.run(check.CheckOptions(**_given(args, "config", "offline", "no_files")))
     if command == "plan":
         from .commands import plan
 

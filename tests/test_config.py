@@ -617,7 +617,8 @@ for _key, _value, _fragment in BAD_SETTINGS:
 
 @pytest.fixture
 def check_config(tmp_path, capsys):
-    """Run `moa --check-config --config FILE` in-process: (exit code, stderr, stdout)."""
+    """Run `moa --check-config --config FILE` (with options: `moa check OPTIONS`) in-process: (exit code,
+    stderr, stdout)."""
     import logging
 
     from moa_tui.cli import main
@@ -625,8 +626,9 @@ def check_config(tmp_path, capsys):
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
 
-    def check(path: Path) -> tuple[int, str, str]:
-        code = main(["--check-config", "--config", str(path)])
+    def check(path: Path, *options: str) -> tuple[int, str, str]:
+        command = ["check", *options] if options else ["--check-config"]
+        code = main([*command, "--config", str(path)])
         out = capsys.readouterr()
         return code, out.err, out.out
 
@@ -704,9 +706,16 @@ def test_the_design_example_passes_check_config(tmp_path, check_config):
                   - id: final
                     source: {hf: Qwen/Qwen2.5-1.5B-Instruct-GGUF, quant: Q4_K_M}
     """)
-    code, err, out = check_config(path)
+    code, err, out = check_config(path, "--no-files")
     assert (code, err) == (0, "")
     assert out.startswith(f"{path}: OK (--config); 1 pipelines, 4 models, default pipeline 'tiny'")
+    # With the files: the YAML is still OK, but `local` names a file that is not there (a turn would fail);
+    # the hf model is not downloaded yet, which is information, not a problem.
+    code, err, out = check_config(path)
+    assert code == 1
+    assert err == f"error: local: model file not found: {tmp_path / 'model.gguf'} (check 'path:' in models.yaml)\n"
+    assert out.startswith(f"{path}: OK (--config)")
+    assert "not downloaded yet: moa pull --pipeline tiny (final)" in out
 
 
 def test_check_config_in_a_real_process_prints_no_traceback(tmp_path):

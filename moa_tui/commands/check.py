@@ -1,16 +1,25 @@
-"""`moa check`: validate models.yaml without loading any model."""
+"""`moa check`: validate models.yaml and every local model source, without loading any model.
+
+The YAML is checked first (a bad one exits 2, like every command). Then each distinct source is
+resolved from the disk alone (models/local_check.py): no network, no llama.cpp. A problem a turn
+would hit (a missing file, a package not installed, a truncated GGUF; offline: a model not
+downloaded) is printed with the message the turn would give, and the exit code is 1. `--no-files`
+checks the YAML only.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..config import Config
-from .common import EXIT_OK, load_config
+from .common import EXIT_FAILED, EXIT_OK, err, load_config, offline
 
 
 @dataclass(frozen=True)
 class CheckOptions:
     config: str | None = None
+    offline: bool = False
+    no_files: bool = False
 
 
 def run(options: CheckOptions) -> int:
@@ -19,7 +28,27 @@ def run(options: CheckOptions) -> int:
     print(f"{config.path}: OK ({reason}); {len(config.pipelines)} pipelines, {n_models} models, "
           f"default pipeline '{config.default_pipeline}'")
     print(cpu_buffers_line(config))
-    return EXIT_OK
+    if options.no_files:
+        return EXIT_OK
+    return check_files(config, offline(options.offline))
+
+
+def check_files(config: Config, is_offline: bool) -> int:
+    """Print what the disk says about every source; each problem on stderr. Exit 1 if there is one."""
+    from ..models.local_check import IN_PARTS, NOT_DOWNLOADED, ON_DISK, REMOTE, check_sources
+
+    result = check_sources(config, offline=is_offline)
+    counts = [(result.count(ON_DISK), "on disk"),
+              (result.count(IN_PARTS), "installed in parts (assembled on first use)"),
+              (result.count(NOT_DOWNLOADED), "not downloaded yet"), (result.count(REMOTE), "remote"),
+              (len(result.problems), "with a problem")]
+    summary = ", ".join(f"{n} {what}" for n, what in counts if n)
+    print(f"model files: {summary or 'none'}{' (offline)' if is_offline else ''}")
+    for pipeline, ids in result.not_downloaded().items():
+        print(f"not downloaded yet: moa pull --pipeline {pipeline} ({', '.join(ids)})")
+    for problem in result.problems:
+        err(f"error: {problem}")
+    return EXIT_FAILED if result.problems else EXIT_OK
 
 
 def cpu_buffers_line(config: Config) -> str:

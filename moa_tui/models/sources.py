@@ -50,7 +50,7 @@ def resolve_model(
     a second while bytes arrive; cancel() is polled as often and True raises DownloadCancelled.
     """
     source = spec.source
-    _check_inside_cache(spec.id, source)
+    check_inside_cache(spec.id, source)
     progress = Progress(spec.id, on_progress, cancel)
     if isinstance(source, EndpointSource):
         raise ModelSourceError(f"{spec.id}: {source.describe()} is a remote endpoint; nothing to download")
@@ -71,7 +71,7 @@ def _escapes(name: str) -> bool:
     return pure.is_absolute() or ".." in pure.parts or "\0" in name or Path(name).is_absolute()
 
 
-def _check_inside_cache(model_id: str, source: Source) -> None:
+def check_inside_cache(model_id: str, source: Source) -> None:
     """A package file or hf revision becomes part of a path we write under the cache: keep it inside."""
     if isinstance(source, PackageSource) and _escapes(source.file):
         raise ModelSourceError(f"{model_id}: the package file {source.file!r} must be a name inside the package "
@@ -91,7 +91,7 @@ def local_status(spec: ModelSpec) -> ModelStatus:
     if isinstance(source, EndpointSource):
         return ModelStatus(spec.id, label, None, None, False, "remote endpoint")
     try:
-        _check_inside_cache(spec.id, source)
+        check_inside_cache(spec.id, source)
         parts, note = _local_parts(spec.id, source)
     except ModelSourceError as exc:
         parts, note = None, str(exc).removeprefix(f"{spec.id}: ")

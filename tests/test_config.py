@@ -34,7 +34,7 @@ def shipped():
 
 
 def test_shipped_config_has_its_pipelines(shipped):
-    assert set(shipped.pipelines) == {"tiny", "self-moa", "seed", "default"}
+    assert set(shipped.pipelines) == {"tiny", "self-moa", "seed", "default", "laptop"}
     assert shipped.default_pipeline == "tiny"
     assert shipped.version == 1
     assert shipped.prompts == DEFAULT_PROMPTS
@@ -62,7 +62,7 @@ def test_tiny_pipeline_runs_offline_on_the_pypi_models(shipped):
 
 
 def test_hub_pipelines_use_q4_k_m_files(shipped):
-    for name in ("seed", "default"):
+    for name in ("seed", "default", "laptop"):
         for model in shipped.pipeline(name).all_models():
             assert isinstance(model.source, HFSource), model.id
             assert model.source.quant == "Q4_K_M" or "q4_k_m" in model.source.file.lower(), model.id
@@ -78,9 +78,35 @@ def test_seed_pipeline_carries_the_original_generation_settings(shipped):
             assert (s.max_tokens, s.top_k, s.top_p, s.temperature) == values, model.id
 
 
-def test_default_pipeline_ends_with_the_strongest_model(shipped):
-    final = shipped.pipeline("default").layers[-1].models[0]
-    assert final.source.repo == "bartowski/Qwen2.5-7B-Instruct-GGUF"
+QWEN35_4B = HFSource("unsloth/Qwen3.5-4B-GGUF", file="Qwen3.5-4B-Q4_K_M.gguf")
+
+
+@pytest.mark.parametrize(("name", "families"), [("default", ["qwen", "gemma", "ministral"]),
+                                                ("laptop", ["qwen", "gemma"])])
+def test_current_pipelines_mix_families_and_answer_with_the_strongest(shipped, name, families):
+    """Proposers of different families; the final is Qwen3.5 4B, the same file and load settings as its
+    proposer (one load); every model is told not to think (Qwen3.5's template thinks unless told)."""
+    from moa_tui.planner import load_settings
+
+    pipeline = shipped.pipeline(name)
+    proposers, [final] = pipeline.layers[0].models, pipeline.layers[-1].models
+    assert [p.source.file.split("-")[0].lower().removesuffix("3.5") for p in proposers] == families
+    assert final.source == QWEN35_4B
+    qwen = next(p for p in proposers if p.source == QWEN35_4B)
+    assert load_settings(qwen.settings) == load_settings(final.settings)
+    assert all(model.settings.thinking is False for model in pipeline.all_models())
+
+
+def test_current_pipelines_plan_without_their_files(shipped):
+    """Nothing is downloaded here: `moa plan` says so and still plans (no error), loading Qwen once."""
+    from moa_tui.plan_inputs import build_plan
+    from moa_tui.planner import Budget
+
+    for name in ("default", "laptop"):
+        result = build_plan(shipped, name, budget=Budget(ram=16 * 10**9, vram=None, gpu_offload=False))
+        assert result.ok, result.errors
+        assert [m.ids for m in result.models][0] == ["qwen3.5-4b", "final"]
+        assert all(m.unknown for m in result.models)
 
 
 def test_pipeline_lookup_by_name_and_default(shipped):
@@ -88,7 +114,7 @@ def test_pipeline_lookup_by_name_and_default(shipped):
     assert shipped.pipeline("seed").name == "seed"
     with pytest.raises(ConfigError) as info:
         shipped.pipeline("nope")
-    assert str(info.value) == "models.yaml: no pipeline named 'nope' (known: default, seed, self-moa, tiny)"
+    assert str(info.value) == "models.yaml: no pipeline named 'nope' (known: default, laptop, seed, self-moa, tiny)"
 
 
 # -- merging and normalising --------------------------------------------------------------------

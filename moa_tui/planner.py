@@ -482,7 +482,10 @@ def _too_big(model: ModelPlan, ram: int, budget: Budget) -> str:
     assert size is not None
     n_ctx = model.load[0] or 4096
     advice = []
-    per_context = size.kv_cache + model.saved_states  # both grow with n_ctx (saved states: up to their cap)
+    # What grows with n_ctx: the KV cache, and the KV part of the saved states (up to their cap); a
+    # recurrent state does not.
+    saved_kv = model.saved_states * size.kv_cache // size.saved_state if size.saved_state else 0
+    per_context = size.kv_cache + saved_kv
     kv_per_token = per_context / n_ctx if n_ctx else 0
     room = (budget.ram or 0) - (ram - per_context)
     candidate = n_ctx // 2
@@ -496,8 +499,9 @@ def _too_big(model: ModelPlan, ram: int, budget: Budget) -> str:
         advice.append("put layers on the GPU (n_gpu_layers: auto)")
     advice.append("raise memory.ram_gb if the machine has more free")
     saved = f" + {_size(model.saved_states)} saved KV states" if model.saved_states else ""
+    state = f"+ {_size(size.recurrent_state)} recurrent state " if size.recurrent_state else ""
     return (f"{model.name}: does not fit even alone: needs about {_size(ram)} of RAM "
-            f"({_size(size.weights)} weights + {_size(size.kv_cache)} KV cache for n_ctx {n_ctx} "
+            f"({_size(size.weights)} weights + {_size(size.kv_cache)} KV cache for n_ctx {n_ctx} {state}"
             f"+ {_size(size.compute)} compute{saved}), more than {_ram_name(budget)}; {'; or '.join(advice)}")
 
 

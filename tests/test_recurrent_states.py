@@ -139,6 +139,10 @@ def test_planner_counts_a_checkpoint_per_role_for_recurrent_models(write_config)
     attention = ModelSize(file="m.gguf", file_size=1000 * MB, weights=1000 * MB, kv_cache=100 * MB,
                           compute=50 * MB, n_layers=10)
     assert plan(pipeline, {"m": attention}, budget).models[0].saved_states == 0
+    # too big even alone: the message names the state, and the n_ctx advice counts only what grows with it
+    tight = Budget(ram=1185 * MB, vram=None, gpu_offload=False, cpu_count=2)  # n_ctx 2048 is 5 MB short
+    [error] = plan(pipeline, {"m": recurrent}, tight).errors
+    assert "+ 20.0 MB recurrent state" in error and "lower n_ctx (n_ctx 1024 would fit)" in error, error
 
 
 # -- real llama.cpp on tiny random-weight models ------------------------------------------------------
@@ -281,3 +285,29 @@ def test_two_roles_on_a_recurrent_model_answer_as_without_reuse(write_config, ti
             if turn >= 3:
                 assert stats.prompt_tokens_evaluated <= 0.5 * stats.prompt_tokens, (turn, role, stats)
     assert len(texts) > 2, "the answers must depend on the prompt for this test to mean anything"
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("kind", ["mamba", "jamba"])
+@pytest.mark.parametrize("unified", [False, True])
+def test_batched_samples_share_a_recurrent_prompt_state_correctly(tiny_ssm, kind, unified):
+    """Self-MoA's batched samples copy the prompt's state into each sequence (llama_memory_seq_cp): for a
+    recurrent memory that is a copy of the state, and greedy samples equal chat()'s answer."""
+    from moa_tui.backends.batched import BatchedSampler
+    from moa_tui.backends.llama import LlamaChatModel
+
+    settings = ssm_settings()
+    model = LlamaChatModel(kind, tiny_ssm[kind], settings)
+    try:
+        messages = [Message("user", "the cat is on the mat and hello world")]
+        expected = model.chat(messages, settings, CancelToken(), lambda _t: None).text
+        tokens, stops, _prefill = model._tokenize(messages)
+        sampler = BatchedSampler(model._llm.model, n_seq=3, n_ctx=model.n_ctx, max_tokens=12, model_id=kind,
+                                 unified=unified)
+        try:
+            results = sampler.generate(tokens, [settings] * 3, CancelToken(), lambda _i, _t: None, stops=stops)
+        finally:
+            sampler.close()
+        assert [r.text for r in results] == [expected] * 3
+    finally:
+        model.close()

@@ -54,7 +54,8 @@ def recurrent_layers(info: GGUFInfo) -> list[bool] | None:
     interval = info.arch_value("full_attention_interval")
     if arch in _INTERVAL_ARCHS or is_int(interval):
         step = interval if is_int(interval) and interval > 0 else 4
-        return [(i + 1) % step != 0 for i in range(n_layers)]
+        trunk = n_layers - min(n_layers, _uint(info, "nextn_predict_layers"))  # MTP blocks come last, dense
+        return [i < trunk and (i + 1) % step != 0 for i in range(n_layers)]
     if arch in _NO_KV_HEAD_ARCHS:
         kv_heads = _per_layer(info.arch_value("attention.head_count_kv"), n_layers)
         if kv_heads is None:

@@ -171,7 +171,7 @@ def test_n_gpu_layers_auto_never_asks_for_a_gpu_the_build_cannot_use(write_confi
               - models: [{{id: a, source: {{path: "{smollm2_path}"}}, n_ctx: 512, n_gpu_layers: auto}}]
     """)
     spec = config.pipeline("p").all_models()[0]
-    pool = ModelPool()
+    pool = ModelPool(loader=LlamaChatModel)  # in-process, so the test can read what llama.cpp was given
     pool.prepare(config.pipeline("p"), config.memory)
     events: list = []
     try:

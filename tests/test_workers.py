@@ -316,3 +316,37 @@ def test_warm_up_starts_the_resident_workers_before_the_first_turn(smol_config):
     finally:
         pipeline.close()
     assert gone_within([pid], within(5))
+
+
+async def test_an_app_that_ends_unasked_leaves_no_worker_behind(smol_config):
+    """Leaving `run_test` (or any end but Ctrl+Q) used to keep the warm-up's workers alive after the app."""
+    from moa_tui.app.app import MoAApp
+
+    app = MoAApp(smol_config(max_tokens=8), "smol")
+    async with app.run_test(size=(80, 24)):
+        await wait_until(lambda: worker_pids(app.pipeline.provider), within(60), "the warm-up's worker")
+        pids = list(worker_pids(app.pipeline.provider).values())
+    try:
+        assert gone_within(pids, within(30))  # released by the app itself, no shutdown_sync called
+    finally:
+        app.shutdown_sync()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("moa-worker") and t.is_alive()]
+
+
+def test_a_load_that_finishes_after_close_is_not_kept(smol_config):
+    """close() during a warm-up load: the load is stopped (its worker killed), nothing stays held."""
+    pipeline = MoAPipeline(smol_config(max_tokens=8), "smol", save=False)
+    warm = threading.Thread(target=pipeline.provider.warm_up)
+    warm.start()
+    wait_until_sync = time.monotonic() + within(30)
+    while not any(t.name.startswith("moa-worker-log") for t in threading.enumerate()):
+        assert time.monotonic() < wait_until_sync, "the warm-up never started a worker"
+        time.sleep(0.005)
+    pipeline.close()
+    warm.join(within(30))
+    assert not warm.is_alive()
+    assert pipeline.provider.loaded_count() == 0
+    deadline = time.monotonic() + within(10)
+    while any(t.name.startswith("moa-worker-log") and t.is_alive() for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "a worker outlived close()"
+        time.sleep(0.05)

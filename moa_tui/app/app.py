@@ -143,6 +143,7 @@ class MoAApp(ConversationActions, CopyActions, App[int]):
         self.turn_ended_at: float | None = None  # time.perf_counter() when the last turn's end was shown
         self.draft_kept = False  # quitting kept an unsent message for the next start
         self._shut_down = False  # not `_closed`: Textual's MessagePump uses that name (a closed message loop)
+        self._closer: threading.Thread | None = None  # releases the models when the app ends unasked
 
     @property
     def shutting_down(self) -> bool:
@@ -548,16 +549,27 @@ class MoAApp(ConversationActions, CopyActions, App[int]):
         await asyncio.to_thread(self.pipeline.close)
 
     def on_unmount(self) -> None:
-        """However the app ends, no model keeps running for it."""
+        """However the app ends (quit, a test leaving `run_test`, an error), no model outlives it: the
+        turn is cancelled and the models (worker processes, a warm-up still loading) are released in a
+        thread, so the screen is not held while they stop; `shutdown_sync` waits for that thread."""
         if self._cancel is not None:
             self._cancel.cancel()
         self.downloads.cancel_pull()
+        if not self._shut_down:
+            self._shut_down = True
+            self._closer = threading.Thread(target=self._release_models, args=(30.0,), name="moa-app-close")
+            self._closer.start()
 
     def shutdown_sync(self, timeout: float = 30.0) -> None:
         """After the app loop ended some other way: stop the turn thread, then free the models."""
         if self._shut_down:
+            if self._closer is not None:
+                self._closer.join(timeout)
             return
         self._shut_down = True
+        self._release_models(timeout)
+
+    def _release_models(self, timeout: float) -> None:
         if self._cancel is not None:
             self._cancel.cancel()
         self.downloads.cancel_pull()

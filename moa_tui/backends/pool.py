@@ -85,6 +85,7 @@ class ModelPool(ModelProvider):
         self._files: dict[str, ModelFileInfo] = {}
         self._told: set[str] = set()  # notices already shown (the GPU one is the same for every model)
         self._closed = False
+        self._closing = CancelToken()  # cancels a warm-up load in flight when the session closes
         self._budget = budget
         self._budget_given = budget is not None
         self._pipeline: Pipeline | None = None
@@ -184,7 +185,7 @@ class ModelPool(ModelProvider):
             pipeline = self._pipeline
         if pipeline is None:
             return
-        cancel = CancelToken()
+        cancel = self._closing
         seen: set[tuple] = set()
         for li, layer in enumerate(pipeline.layers):
             for mi, spec in enumerate(layer.models):
@@ -295,7 +296,12 @@ class ModelPool(ModelProvider):
             swapped = decision is not None and not decision.resident and not decision.remote
             entry = _Entry(model=model, lock=threading.Lock(), key=key, swapped=swapped)
             with self._guard:
-                self._entries[key] = entry
+                closed = self._closed
+                if not closed:
+                    self._entries[key] = entry
+            if closed:  # closed while it loaded: nobody would ever release it
+                model.close()
+                raise ModelError(f"{spec.id}: the session is closing")
             if swapped:
                 self._tell_swapped(spec, ref, emit)
             return entry
@@ -431,6 +437,7 @@ class ModelPool(ModelProvider):
         with self._guard:
             self._closed = True
             entries, self._entries = list(self._entries.values()), {}
+        self._closing.cancel()
         for entry in entries:
             with entry.lock:
                 if not entry.closed:

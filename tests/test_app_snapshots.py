@@ -165,7 +165,11 @@ def test_snapshot_open_dialog_fits_80_columns(snap_compare, config):
         pilot.app.chat_input.cursor_blink = False
         await pilot.press("ctrl+o")
         await wait_for(lambda: type(pilot.app.screen).__name__ == "OpenTranscriptScreen")
-        pilot.app.screen.query_one("Input").cursor_blink = False
+        screen = pilot.app.screen
+        screen.query_one("Input").cursor_blink = False
+        # the columns are fitted after layout: shoot once they fit the width the table has now
+        await wait_for(lambda: screen.table.size.width
+                       and [c.width for c in screen.table.columns.values()] == list(screen._widths()))
         await pilot.pause()
         await pilot.pause()
 

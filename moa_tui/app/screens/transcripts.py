@@ -31,6 +31,17 @@ MESSAGE_MIN = 12
 HINT = "Type to search · Enter opens · F2 renames · F8 deletes · Esc closes"
 
 
+class ConversationTable(DataTable):
+    """The list; says when its width changes, so the columns are fitted again. The dialog's width can
+    change without the screen resizing (the narrow layout's class lands after the first fill)."""
+
+    class WidthChanged(Message):
+        pass
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.post_message(self.WidthChanged())
+
+
 class TranscriptsChanged(Message):
     """A saved conversation was renamed (`title`) or deleted: the app updates the open one if it is that."""
 
@@ -69,7 +80,7 @@ class OpenTranscriptScreen(ModalScreen[str | None]):
         with Vertical(id="open-dialog", classes="dialog"):
             yield Static("Open a saved conversation", classes="dialog-title")
             yield Input(placeholder="Search: words from any message or answer", id="transcript-filter")
-            yield DataTable(id="transcript-table", cursor_type="row", zebra_stripes=True)
+            yield ConversationTable(id="transcript-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="transcript-empty", classes="dialog-empty")
             yield Static(HINT, id="transcript-hint", classes="dialog-hint")
         yield Footer()
@@ -88,6 +99,10 @@ class OpenTranscriptScreen(ModalScreen[str | None]):
 
     def on_resize(self, event: events.Resize) -> None:
         self.call_after_refresh(self.fill)
+
+    def on_conversation_table_width_changed(self, event: ConversationTable.WidthChanged) -> None:
+        if [c.width for c in self.table.columns.values()] != list(self._widths()):
+            self.call_after_refresh(self.fill)
 
     # -- the list -------------------------------------------------------------------------------
 

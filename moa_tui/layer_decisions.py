@@ -37,11 +37,12 @@ def samples_by_model(specs: list[ModelSpec], answers: list[ModelAnswer]) -> dict
     return grouped
 
 
-def decide_without_a_model(strategy: str, question: str, specs: list[ModelSpec],
-                           answers: list[ModelAnswer]) -> Decision:
+def decide_without_a_model(strategy: str, question: str, specs: list[ModelSpec], answers: list[ModelAnswer],
+                           instructions: list[str]) -> Decision:
+    """`instructions`: the system prompts the answers were written under (an echo of them is no answer)."""
     if strategy == "mux":
-        return mux(question, samples_by_model(specs, answers))
-    return vote(question, answer_texts(answers))
+        return mux(question, samples_by_model(specs, answers), instructions)
+    return vote(question, answer_texts(answers), instructions)
 
 
 def select(model: ChatModel, spec: ModelSpec, session: str, question: str, answers: list[ModelAnswer],

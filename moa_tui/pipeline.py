@@ -321,7 +321,8 @@ class MoAPipeline:
         decided: list[Event] = []
         yield ModelStarted(ref, 0)
         previous = self._specs(li - 1) if li else []
-        decision = decide_without_a_model(strategy, question, [s for s in previous if s is not None], before)
+        specs = [s for s in previous if s is not None]
+        decision = decide_without_a_model(strategy, question, specs, before, self._instructions(specs))
         self._decided(answer, decision, decision_stats(None), ref, decided.append)
         outcomes.append(answer)
         yield from decided
@@ -416,6 +417,12 @@ class MoAPipeline:
         if not has_references:
             return prompts.proposer
         return prompts.final if role == "final" else prompts.aggregator
+
+    def _instructions(self, specs: list[ModelSpec]) -> list[str]:
+        """Every system prompt the answers before a vote or mux may have been written under."""
+        prompts = self.config.prompts
+        own = [s.settings.system_prompt for s in specs if s.settings.system_prompt]
+        return [*own, prompts.proposer, prompts.aggregator, prompts.final]
 
     def _answer(self, ref: ModelRef, spec: ModelSpec | None, status: str) -> ModelAnswer:
         if spec is None:  # a vote or mux layer: no model, no settings

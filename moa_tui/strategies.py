@@ -11,6 +11,9 @@ model's samples in order); explanations number answers from 1 for people.
 Rules, stated once:
 - Agreement is on final answers read by `answers.final_answer` (options, yes/no, numbers, short
   phrases). An answer without one takes part (it counts in the denominator) but backs no group.
+  A phrase made only of words of the models' instructions (a tiny model echoing its system
+  prompt: "say what matters and stop") is no final answer: else a model that echoes the same words
+  every time would outvote, or out-agree, the ones that answer.
 - Similarity between two answers is the Jaccard index of their word sets: symmetric, cheap
   (n^2 set operations), blind to word order, and exact as a fraction so ties are real ties.
   (difflib's ratio is neither symmetric nor stable on long texts: its autojunk heuristic.)
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from .answers import ANSWER_MARK, Expected, clean_chars, expected_answer, final_answer
+from .answers import ANSWER_MARK, Expected, clean_chars, expected_answer, final_answer, phrase_tokens
 
 Answer = str | None
 _SHOWN_MAX = 40
@@ -182,11 +185,12 @@ class _Tally:
         return 1 if key is None else sum(1 for k in self.keys.values() if k == key)
 
 
-def _tally(question: str, items: Sequence[tuple[int, Answer]], expected: Expected | None = None) -> _Tally:
+def _tally(question: str, items: Sequence[tuple[int, Answer]], expected: Expected | None = None,
+           instructions: Sequence[str] = ()) -> _Tally:
     expected = expected or expected_answer(question)
     texts = {i: a for i, a in items if a is not None and usable(a)}
     failed = tuple(i for i, a in items if i not in texts)
-    keys = {i: final_answer(t, question, expected) for i, t in texts.items()}
+    keys = {i: _unless_echo(final_answer(t, question, expected), expected, instructions) for i, t in texts.items()}
     central = centrality(texts)
     members: dict[str, list[int]] = {}
     for i, key in keys.items():
@@ -197,6 +201,14 @@ def _tally(question: str, items: Sequence[tuple[int, Answer]], expected: Expecte
     groups = sorted((Group(k, tuple(v)) for k, v in members.items()),
                     key=lambda g: (-g.votes, -t.closeness(g), g.members[0]))
     return replace(t, groups=tuple(groups))
+
+
+def _unless_echo(key: str | None, expected: Expected, instructions: Sequence[str]) -> str | None:
+    """The final answer, or None when it is a phrase of two or more words all taken from the models'
+    instructions ("say what matters and stop" reads as "say matters and stop": question words go)."""
+    if key is None or expected.kind != "phrase" or len(words := key.split()) < 2:
+        return key
+    return None if any(set(words) <= set(phrase_tokens(text)) for text in instructions) else key
 
 
 # -- explanations ---------------------------------------------------------------------------------
@@ -257,9 +269,10 @@ def _decide(method: str, t: _Tally, total: int) -> Decision:
 # -- vote -----------------------------------------------------------------------------------------
 
 
-def vote(question: str, answers: Sequence[Answer]) -> Decision:
-    """The answer most answers agree on (no model call); the medoid when none gives a final answer."""
-    t = _tally(question, list(enumerate(answers)))
+def vote(question: str, answers: Sequence[Answer], instructions: Sequence[str] = ()) -> Decision:
+    """The answer most answers agree on (no model call); the medoid when none gives a final answer.
+    `instructions`: the system prompts the answers were written under (their echoes are not answers)."""
+    t = _tally(question, list(enumerate(answers)), instructions=instructions)
     return _decide("vote", t, len(answers))
 
 
@@ -364,21 +377,21 @@ def _spread(t: _Tally) -> Fraction:
     return sum(t.central.values(), Fraction(0)) / len(t.central) if t.central else Fraction(0)
 
 
-def mux(question: str, samples: Mapping[str, Sequence[Answer]]) -> Decision:
+def mux(question: str, samples: Mapping[str, Sequence[Answer]], instructions: Sequence[str] = ()) -> Decision:
     """SLM-MUX: the model whose samples agree most with their own majority answer wins; its majority
     answer (its most central sample giving it) is the reply.
 
     Self-consistency = votes for the model's majority answer / its samples, failed ones included (a
     model that fails is less to be trusted). A model with no final answer in its samples has one vote
-    (its medoid). Ties: higher mean similarity among the model's usable samples, then the model
-    given first.
+    (its medoid). Ties: a model with final answers to count before one without, then higher mean
+    similarity among the model's usable samples, then the model given first. `instructions` as for `vote`.
     """
     expected = expected_answer(question)
     total = sum(len(answers) for answers in samples.values())
     runs: list[tuple[_Tally, int | None, ModelAgreement]] = []
     start = 0
     for model, answers in samples.items():
-        t = _tally(question, list(enumerate(answers, start)), expected)
+        t = _tally(question, list(enumerate(answers, start)), expected, instructions)
         index, _ = t.winner()
         votes = 0 if index is None else t.agreeing(index)
         consistency = votes / len(answers) if answers else 0.0
@@ -393,9 +406,9 @@ def mux(question: str, samples: Mapping[str, Sequence[Answer]]) -> Decision:
         return Decision("mux", "all-failed", None, None, None, (), total, failed, 0.0, f"{what}; nothing to choose",
                         models=models)
 
-    def rank(pos: int) -> tuple[Fraction, Fraction, int]:
+    def rank(pos: int) -> tuple[Fraction, bool, Fraction, int]:
         t, _, agreement = runs[pos]
-        return -Fraction(agreement.votes, agreement.samples), -_spread(t), pos
+        return -Fraction(agreement.votes, agreement.samples), not t.groups, -_spread(t), pos
 
     ordered = sorted(alive, key=rank)
     t, index, best = runs[ordered[0]]
@@ -403,7 +416,9 @@ def mux(question: str, samples: Mapping[str, Sequence[Answer]]) -> Decision:
     tied = len(ordered) > 1 and rank(ordered[1])[0] == rank(ordered[0])[0]
     tie_note = ""
     if tied:
-        tie_note = ("; tie broken by closer wording among its samples" if rank(ordered[1])[1] != rank(ordered[0])[1]
+        first, second = rank(ordered[0]), rank(ordered[1])
+        tie_note = ("; tie broken by its final answers (the other gave none)" if first[1] != second[1]
+                    else "; tie broken by closer wording among its samples" if first[2] != second[2]
                     else "; tie broken by order (the model given first)")
     first_sample = index - sum(len(a) for a in list(samples.values())[:ordered[0]])
     if t.groups:

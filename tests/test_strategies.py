@@ -10,6 +10,7 @@ import pytest
 
 from moa_tui import answers, scoring
 from moa_tui.answers import expected_answer, final_answer
+from moa_tui.config.types import DEFAULT_PROMPTS
 from moa_tui.strategies import (
     centrality,
     mux,
@@ -365,6 +366,31 @@ def test_mux_without_extractable_answers_and_with_failed_models():
     assert gone.explanation == "every sample failed (2); nothing to choose"
     data = json.loads(json.dumps(d.to_dict()))
     assert data["model"] == "talker" and [m["model"] for m in data["models"]] == ["dead", "talker"]
+
+
+# What Gemma 3 270M (a base model) wrote, three samples out of three, to "What is the capital of
+# Australia?" in `moa eval builtin`: its system prompt, back. SmolLM2 answered.
+ECHOES = ["Keep it concise: say what matters and stop.", "Say what matters and stop.",
+          "You are a helpful AI assistant. Keep it concise: say what matters and stop."]
+AUSTRALIA = "What is the capital of Australia?"
+
+
+def test_echoes_of_the_instructions_are_no_answer_to_vote_for():
+    smol = ["The capital of Australia is Canberra.", "Canberra.", "It is Sydney."]
+    assert vote(AUSTRALIA, ECHOES + smol).answer == "say matters and stop"  # without: the echo wins
+    d = vote(AUSTRALIA, ECHOES + smol, [DEFAULT_PROMPTS.proposer])
+    assert (d.answer, d.index) == ("canberra", 3)
+    assert "2 of 6 answers say \"canberra\"" in d.explanation and "3 without a clear answer" in d.explanation
+
+
+def test_mux_prefers_a_model_that_answers_to_one_that_echoes_its_instructions():
+    samples = {"smollm2": ["Canberra.", "The capital of Australia is Canberra.", "Sydney."], "gemma3": ECHOES}
+    assert mux(AUSTRALIA, samples).model == "gemma3"  # without the instructions it agrees with itself most
+    d = mux(AUSTRALIA, samples, [DEFAULT_PROMPTS.proposer])
+    assert (d.model, d.answer, d.confidence) == ("smollm2", "canberra", pytest.approx(2 / 3))
+    # at equal self-consistency a model with final answers beats one whose samples give none
+    tied = mux(AUSTRALIA, {"gemma3": ECHOES[:1], "smollm2": ["Sydney"]}, [DEFAULT_PROMPTS.proposer])
+    assert tied.model == "smollm2" and "the other gave none" in tied.explanation
 
 
 # -- real llama.cpp -------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Run a GGUF in-process with llama.cpp (llama-cpp-python), streaming by driving `generate()`.
+"""Run a GGUF with llama.cpp (llama-cpp-python), streaming by driving `generate()`.
+
+This runs inside a model's worker process (worker.py): the `moa` process reaches it through
+supervisor.py, so a crash in native code takes down that worker only. Tests and benchmarks may
+load it in-process to measure it alone.
 
 Why not `create_chat_completion(stream=True)`: it re-detokenizes the whole answer per token
 (quadratic), and `verbose=False` points the process's fds 1 and 2 at /dev/null during loads, which

@@ -48,6 +48,7 @@ SUITE: dict[str, str] = {
     "gpu": "benchmarks.bench_gpu",
     "cpu_repack": "benchmarks.bench_cpu_repack",
     "batched": "benchmarks.bench_batched",
+    "workers": "benchmarks.bench_workers",
 }
 
 # Distinct short questions: a benchmark that must not hit the KV cache of an earlier identical

@@ -116,7 +116,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     n_tokens = 8 if quick else 128
     rounds = 1 if quick else max(2, runs)
     config = bench_config(temperature=None, max_tokens=n_tokens)
-    specs = [spec for spec in config.pipeline("tiny").layers[0].models if spec.id in TARGETS]
+    specs = [spec for spec in config.pipeline("tiny-moa").layers[0].models if spec.id in TARGETS]
     rows, checks, figures, notes = [], [], {}, []
     for spec in specs:
         settings = spec.settings

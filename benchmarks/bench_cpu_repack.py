@@ -86,7 +86,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     config = bench_config()
     rows, checks, figures, info = [], [], {}, ""
     seen: set[str] = set()
-    for spec in config.pipeline("tiny").all_models():
+    for spec in config.pipeline("tiny-moa").all_models():
         path = model_path(spec)
         if path in seen:
             continue

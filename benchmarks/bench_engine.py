@@ -57,7 +57,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
         eog = {path: set(eog_tokens(llm)) for path, llm in per_file.items()}
 
         def pair(question: str, role_first: bool = True):
-            ours = run_turn(pipeline, new_conversation("tiny"), question, recorder)
+            ours = run_turn(pipeline, new_conversation("tiny-moa"), question, recorder)
             assert ours.status == "done", f"moa turn {ours.status}: {ours.failures()}"
             assert all(c.label for c in ours.calls), "calls could not be matched to panes"
             if not role_first:

@@ -60,7 +60,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     n = 32 if quick else 256
     config = bench_config()
     seen, rows, checks, figures = set(), [], [], {}
-    for spec in config.pipeline("tiny").all_models():
+    for spec in config.pipeline("tiny-moa").all_models():
         path = model_path(spec)
         if path in seen:
             continue

@@ -83,7 +83,7 @@ def measure(pipeline: str, turns: int, max_tokens: int) -> dict:
 def run(quick: bool = False, runs: int = 3) -> dict:
     use_temp_data_dir()
     turns, max_tokens = (1, 4) if quick else (2, 64)
-    data = {name: measure(name, turns, max_tokens) for name in ("tiny", "self-moa")}
+    data = {name: measure(name, turns, max_tokens) for name in ("tiny-moa", "self-moa")}
     rows, checks = [], []
     for name, d in data.items():
         per_file = Counter(os.path.basename(p) for p in d["constructed"])
@@ -95,7 +95,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
         checks.append(check(f"{name}: Llama() constructions ({len(d['roles'])} roles, {len(d['files'])} file(s), "
                             f"{turns} turns)", len(d["constructed"]), f"{len(d['files'])} (one per file)",
                             loaded_once))
-    tiny_peak = data["tiny"]["peak_rss_kb"] / 1024
+    tiny_peak = data["tiny-moa"]["peak_rss_kb"] / 1024
     checks.insert(0, check(f"tiny: peak RSS of {turns} turn(s)", rnd(tiny_peak, 0), f"<= {RSS_LIMIT_MB} MB",
                            tiny_peak <= RSS_LIMIT_MB, "MB"))
     details = table(["pipeline", "roles", "model files", "Llama() calls", "per file", "files MB",

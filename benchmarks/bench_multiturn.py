@@ -117,7 +117,7 @@ def converse(config, questions: list[str]) -> list:
     pipeline, recorder = recording_pipeline(config)  # the real pool; generate() calls noted
     try:
         preload(pipeline)
-        conversation = new_conversation("tiny")
+        conversation = new_conversation("tiny-moa")
         turns = [run_turn(pipeline, conversation, question, recorder) for question in questions]
     finally:
         pipeline.close()

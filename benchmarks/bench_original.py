@@ -49,13 +49,13 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     config = bench_config(max_tokens=4 if quick else None)
     turns = 2 if quick else TURNS
     runs = max(1, runs if quick else min(runs, 2))  # each run is two 5-turn conversations
-    specs = {spec.id: spec for spec in config.pipeline("tiny").all_models()}
+    specs = {spec.id: spec for spec in config.pipeline("tiny-moa").all_models()}
 
     def ours() -> tuple[float, list[float], list, float, float]:
         start = time.perf_counter()
         pipeline, recorder = recording_pipeline(config)
         try:
-            conversation = new_conversation("tiny")
+            conversation = new_conversation("tiny-moa")
             results = [run_turn(pipeline, conversation, QUESTIONS[t], recorder) for t in range(turns)]
         finally:
             pipeline.close()

@@ -32,22 +32,22 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     from moa_tui.pipeline import MoAPipeline
     from moa_tui.transcript import new_conversation
 
-    shipped_default = bench_config().pipeline("tiny").parallel
+    shipped_default = bench_config().pipeline("tiny-moa").parallel
     modes = {"parallel": True, "sequential": False}
     pipelines = {}
     try:
         for name, parallel in modes.items():
             config = bench_config(max_tokens=4 if quick else None, parallel=parallel)
-            pipelines[name] = MoAPipeline(config, "tiny", offline=True, save=False)
+            pipelines[name] = MoAPipeline(config, "tiny-moa", offline=True, save=False)
             preload(pipelines[name])
-            run_turn(pipelines[name], new_conversation("tiny"), QUESTIONS[-1])  # warm-up
+            run_turn(pipelines[name], new_conversation("tiny-moa"), QUESTIONS[-1])  # warm-up
         walls = {name: [] for name in modes}
         layer1 = {name: [] for name in modes}
         tokens = {name: [] for name in modes}
         for r in range(max(1, runs)):
             order = list(modes) if r % 2 == 0 else list(modes)[::-1]
             for name in order:
-                turn = run_turn(pipelines[name], new_conversation("tiny"), QUESTIONS[r])
+                turn = run_turn(pipelines[name], new_conversation("tiny-moa"), QUESTIONS[r])
                 assert turn.status == "done", turn.failures()
                 walls[name].append(turn.wall)
                 layer1[name].append(turn.layer_done[0])

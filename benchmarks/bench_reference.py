@@ -61,18 +61,18 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     turns = 2 if quick else TURNS
     runs = max(1, runs if quick else min(runs, 2))
     config = bench_config(max_tokens=4 if quick else None)
-    pipeline_spec = config.pipeline("tiny")
+    pipeline_spec = config.pipeline("tiny-moa")
     prompts = config.prompts
     specs = {spec.id: spec for spec in pipeline_spec.all_models()}
     layers = [[spec.id for spec in layer.models] for layer in pipeline_spec.layers]
     paths = {spec_id: model_path(spec) for spec_id, spec in specs.items()}
 
     def ours() -> tuple[list[float], list[dict[str, int]], float, float]:
-        pipeline = MoAPipeline(config, "tiny", offline=True, save=False)
+        pipeline = MoAPipeline(config, "tiny-moa", offline=True, save=False)
         try:
             preload(pipeline)
-            run_turn(pipeline, new_conversation("tiny"), WARMUP[0])  # warm-up, as the servers get one
-            conversation = new_conversation("tiny")
+            run_turn(pipeline, new_conversation("tiny-moa"), WARMUP[0])  # warm-up, as the servers get one
+            conversation = new_conversation("tiny-moa")
             results = [run_turn(pipeline, conversation, QUESTIONS[t]) for t in range(turns)]
         finally:
             pipeline.close()

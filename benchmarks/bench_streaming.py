@@ -52,7 +52,7 @@ def run(quick: bool = False, runs: int = 3) -> dict:
     short, long = (8, 32) if quick else (100, 2000)
     long_runs = max(1, min(runs, 2))
     config = bench_config()
-    spec = config.pipeline("tiny").layers[0].models[0]
+    spec = config.pipeline("tiny-moa").layers[0].models[0]
     load = dataclasses.replace(spec.settings, n_ctx=long + 256)
     model = LlamaChatModel("smollm2", model_path(spec), load)
     llm = model._llm

@@ -49,7 +49,7 @@ TARGET = 0.95
 
 def greedy_config():
     config = load_config(CONFIG)
-    for spec in config.pipeline("tiny").all_models():
+    for spec in config.pipeline("tiny-moa").all_models():
         spec.settings = dataclasses.replace(spec.settings, temperature=0.0, seed=1)
     return config
 
@@ -95,13 +95,13 @@ class Headless:
     def __init__(self, config) -> None:
         from moa_tui.pipeline import MoAPipeline
 
-        self.pipeline = MoAPipeline(config, "tiny", save=False)
+        self.pipeline = MoAPipeline(config, "tiny-moa", save=False)
         self.new_conversation()
 
     def new_conversation(self) -> None:
         from moa_tui.transcript import new_conversation
 
-        self.conversation = new_conversation("tiny")
+        self.conversation = new_conversation("tiny-moa")
 
     def turn(self, question: str) -> tuple[object, float]:
         from moa_tui.commands.ask import AskPrinter
@@ -140,7 +140,7 @@ async def measure(rounds: int) -> tuple[list[Side], list[Side]]:
     from moa_tui.app.screens.downloads import DownloadScreen
 
     config = greedy_config()
-    app = MoAApp(config, "tiny", timings=True, tune_gc=True)  # tune_gc: as `moa` runs it
+    app = MoAApp(config, "tiny-moa", timings=True, tune_gc=True)  # tune_gc: as `moa` runs it
     headless = Headless(greedy_config())
     apps: list[Side] = []
     asks: list[Side] = []

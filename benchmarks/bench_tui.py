@@ -74,7 +74,7 @@ def tiny_app_figures(quick: bool, runs: int) -> tuple[list[str], dict, list[dict
 
             def capped():
                 config = original()
-                for spec in config.pipeline("tiny").all_models():
+                for spec in config.pipeline("tiny-moa").all_models():
                     spec.settings = dataclasses.replace(spec.settings, max_tokens=8)
                 return config
 

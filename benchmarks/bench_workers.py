@@ -137,7 +137,7 @@ class Model:
 def tiny_models(quick: bool) -> list[Model]:
     config = bench_config(max_tokens=4 if quick else None)
     models = []
-    for spec in config.pipeline("tiny").layers[0].models:
+    for spec in config.pipeline("tiny-moa").layers[0].models:
         settings = dataclasses.replace(spec.settings, n_gpu_layers=0)
         models.append(Model(spec.id, model_path(spec), settings))
     return models
@@ -299,14 +299,14 @@ def measure_turns(quick: bool, runs: int) -> dict:
         for side in sides:
             config = bench_config(max_tokens=4 if quick else None)  # parallel as shipped
             pool = ModelPool(offline=True) if side == "workers" else ModelPool(offline=True, loader=LlamaChatModel)
-            pipelines[side] = MoAPipeline(config, "tiny", provider=pool, offline=True, save=False)
+            pipelines[side] = MoAPipeline(config, "tiny-moa", provider=pool, offline=True, save=False)
             preload(pipelines[side])
-            warm = run_turn(pipelines[side], new_conversation("tiny"), QUESTIONS[-1])
+            warm = run_turn(pipelines[side], new_conversation("tiny-moa"), QUESTIONS[-1])
             assert warm.status == "done", warm.failures()
         turns: dict[str, list] = {side: [] for side in sides}
         for r in range(max(1, runs)):
             for side in sides if r % 2 == 0 else sides[::-1]:
-                turn = run_turn(pipelines[side], new_conversation("tiny"), QUESTIONS[r % (len(QUESTIONS) - 1)])
+                turn = run_turn(pipelines[side], new_conversation("tiny-moa"), QUESTIONS[r % (len(QUESTIONS) - 1)])
                 assert turn.status == "done", turn.failures()
                 turns[side].append(turn)
         parallel = pipelines["workers"].pipeline.parallel

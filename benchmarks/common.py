@@ -175,8 +175,8 @@ def machine_info() -> dict:
 # -- configs --------------------------------------------------------------------------------------
 
 
-def bench_config(*, max_tokens: int | None = None, parallel: bool | None = None, pipelines: Iterable[str] = ("tiny",),
-                 temperature: float | None = 0.0, **settings: Any):
+def bench_config(*, max_tokens: int | None = None, parallel: bool | None = None,
+                 pipelines: Iterable[str] = ("tiny-moa",), temperature: float | None = 0.0, **settings: Any):
     """The shipped models.yaml, greedy (temperature 0, seed 1) so every side generates the same tokens.
 
     `max_tokens` caps (never raises) each model's answer length; other keyword arguments override
@@ -285,7 +285,7 @@ def wrap_generate(llm, model_id: str, path: str, recorder: Recorder) -> None:
     llm.generate = generate
 
 
-def recording_pipeline(config, pipeline: str = "tiny", recorder: Recorder | None = None):
+def recording_pipeline(config, pipeline: str = "tiny-moa", recorder: Recorder | None = None):
     """A MoAPipeline over the real ModelPool (llama.cpp), its model calls recorded; save=False."""
     from moa_tui.backends.pool import ModelPool
     from moa_tui.pipeline import MoAPipeline

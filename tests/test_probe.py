@@ -82,7 +82,7 @@ def test_empty_prompts_file_exits_2(write_config, smollm2_path, tmp_path, capsys
 
 def test_the_aggregator_gets_the_aggregator_prompt_and_the_replayed_references():
     config = load_config(SHIPPED_CONFIG)
-    spec = config.pipeline("tiny").layers[0].models[0]
+    spec = config.pipeline("tiny-moa").layers[0].models[0]
     pipeline, texts = aggregator_pipeline("agg", spec, ["Answer {one}.", "Answer two."])
     scripted = ScriptedProvider({spec.id: ScriptedModel(text="merged")})
     result = ask_fresh(config.with_pipelines({"agg": pipeline}), "agg", ReplayProvider(scripted, texts), "Question?",

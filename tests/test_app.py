@@ -820,3 +820,12 @@ async def test_real_tiny_pipeline_end_to_end(data_dir, smollm2_path):
         assert app.conversation.turns[0].status == "done"
         assert app.last_transcript and Path(app.last_transcript).exists()
         await pilot.press("ctrl+q")
+
+
+def test_the_pipeline_layout_names_a_layer_that_decides_without_a_model():
+    from moa_tui.app.text import layout_text
+    from moa_tui.config import load_config
+
+    config = load_config(SHIPPED_CONFIG)
+    assert layout_text(config.pipeline("tiny")) == "6 → vote"  # was "6 → 0 models"
+    assert layout_text(config.pipeline("tiny-moa")) == "2 → 1 → 1 models"

@@ -99,5 +99,7 @@ def progress_bar(done: int, total: int | None, width: int) -> Content:
 
 
 def layout_text(pipeline) -> str:
-    """`2 → 1 → 1 models` (models per layer of a `config.Pipeline`)."""
-    return " → ".join(str(len(layer.models)) for layer in pipeline.layers) + " models"
+    """`2 → 1 → 1 models` (models per layer of a `config.Pipeline`); a layer that decides without a
+    model shows its strategy: `6 → vote`."""
+    parts = [str(len(layer.models)) if layer.models else layer.strategy for layer in pipeline.layers]
+    return " → ".join(parts) + ("" if not pipeline.layers[-1].models else " models")

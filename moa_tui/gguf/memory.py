@@ -23,7 +23,7 @@ DEFAULT_MARGIN_BYTES = 256 * 1024 * 1024
 DEFAULT_N_UBATCH = 512
 
 
-_BASE_OVERHEAD = 16 * 1024 * 1024  # per loaded model, besides its buffers (measured in RSS)
+_BASE_OVERHEAD = 45 * 1024 * 1024  # per loaded model besides its buffers: its worker process (BENCHMARKS.md, 44.5 MiB)
 
 
 # Common quants, biggest first, with their typical bits per weight (mixes included): the ladder the
